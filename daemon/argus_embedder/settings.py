@@ -1,0 +1,183 @@
+"""Configuration: one frozen dataclass built once from the environment and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from argus_embedder import errors
+
+DEFAULT_MODEL = "google/siglip2-base-patch16-224"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One ARGUS_* variable: its settings field, CLI flag and default (as text)."""
+
+    env: str
+    field: str
+    default: str | None
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "ARGUS_DATABASE_URL",
+        "database_url",
+        None,
+        "PostgreSQL URL; unset: an embedded PostgreSQL under the user data dir",
+    ),
+    Variable("ARGUS_MODEL", "model", DEFAULT_MODEL, "hub id or local directory"),
+    Variable("ARGUS_DEVICE", "device", "auto", "auto | cpu | cuda | cuda:N"),
+    Variable("ARGUS_BATCH_SIZE", "batch_size", None, "frames per forward pass; unset: auto"),
+    Variable("ARGUS_S3_BUCKET", "s3_bucket", None, "bucket for bare-key image URIs"),
+    Variable("ARGUS_S3_ENDPOINT_URL", "s3_endpoint_url", None, "S3-compatible endpoint"),
+    Variable("ARGUS_METRICS_PORT", "metrics_port", "9478", "HTTP port; 0 disables"),
+    Variable("ARGUS_LEASE_SECONDS", "lease_seconds", "60", "job lease length"),
+    Variable("ARGUS_POLL_INTERVAL", "poll_interval", "5", "seconds between polls"),
+    Variable("ARGUS_WORKER_ID", "worker_id", None, "default hostname:pid"),
+    Variable(
+        "ARGUS_RECONCILE_INTERVAL", "reconcile_interval", "300", "seconds; 0 disables"
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated configuration, passed down to every component."""
+
+    database_url: str | None = None
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    batch_size: int | None = None
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    metrics_port: int = 9478
+    lease_seconds: float = 60.0
+    poll_interval: float = 5.0
+    worker_id: str = dataclasses.field(default_factory=lambda: default_worker_id())
+    reconcile_interval: float = 300.0
+
+    def __repr__(self) -> str:  # never print the database password
+        fields = dataclasses.asdict(self)
+        fields["database_url"] = redact_url(self.database_url)
+        inner = ", ".join(f"{key}={value!r}" for key, value in fields.items())
+        return f"Settings({inner})"
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.lease_seconds / 3
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def redact_url(url: str | None) -> str | None:
+    """Hide the password of a libpq URL or key=value string."""
+    if url is None:
+        return None
+    import re
+
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", url)
+
+
+def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from `env` (default os.environ) then non-None `overrides` (CLI flags).
+
+    Raises ConfigError naming the variable on any bad value.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, str | None] = {}
+    for variable in VARIABLES:
+        value = overrides.get(variable.field)
+        if value is None:
+            value = env.get(variable.env)
+        if value is not None:
+            value = str(value).strip()
+            if value == "":
+                value = None
+        raw[variable.field] = value if value is not None else variable.default
+    return _validate(raw)
+
+
+def _validate(raw: Mapping[str, str | None]) -> Settings:
+    device = raw["device"] or "auto"
+    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise errors.ConfigError(
+            f"ARGUS_DEVICE={device!r} is not one of auto, cpu, cuda, cuda:N"
+        )
+    model = raw["model"] or ""
+    if not model:
+        raise errors.ConfigError("ARGUS_MODEL is empty")
+    endpoint = raw["s3_endpoint_url"]
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise errors.ConfigError(
+            f"ARGUS_S3_ENDPOINT_URL={endpoint!r} must start with http:// or https://"
+        )
+    url = raw["database_url"]
+    if url is not None and not (url.startswith(("postgresql://", "postgres://")) or "=" in url):
+        raise errors.ConfigError(
+            f"ARGUS_DATABASE_URL={redact_url(url)!r} is not a postgresql:// URL"
+        )
+    return Settings(
+        database_url=url,
+        model=model,
+        device=device,
+        batch_size=_integer(raw, "ARGUS_BATCH_SIZE", "batch_size", minimum=1, optional=True),
+        s3_bucket=raw["s3_bucket"],
+        s3_endpoint_url=endpoint,
+        metrics_port=_integer(raw, "ARGUS_METRICS_PORT", "metrics_port", minimum=0, maximum=65535)
+        or 0,
+        lease_seconds=_number(raw, "ARGUS_LEASE_SECONDS", "lease_seconds", minimum=1),
+        poll_interval=_number(raw, "ARGUS_POLL_INTERVAL", "poll_interval", minimum=0.01),
+        worker_id=raw["worker_id"] or default_worker_id(),
+        reconcile_interval=_number(
+            raw, "ARGUS_RECONCILE_INTERVAL", "reconcile_interval", minimum=0
+        ),
+    )
+
+
+def _integer(
+    raw: Mapping[str, str | None],
+    env: str,
+    field: str,
+    *,
+    minimum: int,
+    maximum: int | None = None,
+    optional: bool = False,
+) -> int | None:
+    text = raw[field]
+    if text is None:
+        if optional:
+            return None
+        raise errors.ConfigError(f"{env} is required")
+    try:
+        value = int(text)
+    except ValueError:
+        raise errors.ConfigError(f"{env}={text!r} is not an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise errors.ConfigError(f"{env}={value} must be at least {minimum}{upper}")
+    return value
+
+
+def _number(raw: Mapping[str, str | None], env: str, field: str, *, minimum: float) -> float:
+    text = raw[field]
+    assert text is not None  # every number has a default
+    try:
+        value = float(text)
+    except ValueError:
+        raise errors.ConfigError(f"{env}={text!r} is not a number") from None
+    if not value >= minimum:  # also rejects NaN
+        raise errors.ConfigError(f"{env}={value} must be at least {minimum}")
+    return value
