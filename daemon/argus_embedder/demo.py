@@ -1,0 +1,234 @@
+"""`argus-embedder demo`: the whole path on an embedded PostgreSQL with drawn sample frames."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import random
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+import psycopg.conninfo
+from PIL import Image, ImageDraw, ImageFilter
+
+from argus_embedder import db, frames, progress, queue, search, status
+from argus_embedder.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# (name, sky colour, ground colour, what is drawn on it)
+SCENES = [
+    ("beach", (135, 206, 235), (238, 214, 175), "sun"),
+    ("forest", (120, 170, 120), (34, 100, 34), "trees"),
+    ("night city", (10, 10, 40), (40, 40, 50), "windows"),
+    ("red car on a road", (170, 200, 230), (90, 90, 90), "car"),
+    ("snowy mountain", (200, 220, 240), (250, 250, 250), "mountain"),
+    ("desert", (250, 210, 150), (220, 170, 90), "dunes"),
+]
+FRAMES_PER_SCENE = 6
+QUERY = "a red car on a road"
+
+
+def run(config: Settings) -> int:
+    """Embed a few dozen sample frames in two videos, show status, then search."""
+    out = sys.stdout
+    data_dir = db.embedded_data_dir()
+    print(f"demo: embedded PostgreSQL 18 + pgvector in {data_dir}", file=out)
+    admin_url = db.embedded_url(data_dir, quiet=True)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(db.queries()["demo_drop_database"])
+        admin.execute(db.queries()["demo_create_database"])
+    url = _with_database(admin_url, "argus_demo")
+    db.migrate(url)
+
+    frame_dir = data_dir.parent / "demo-frames"
+    paths = draw_frames(frame_dir)
+    print(f"demo: drew {len(paths)} sample frames in {frame_dir}", file=out)
+
+    model = _demo_model(config, data_dir.parent)
+    config = dataclasses.replace(
+        config, database_url=url, model=model, metrics_port=0, reconcile_interval=0
+    )
+    with db.connect(url, autocommit=True) as connection:
+        half = len(paths) // 2
+        for video_id, chunk in (("demo-video-1", paths[:half]), ("demo-video-2", paths[half:])):
+            frames.insert(
+                connection,
+                [
+                    frames.NewFrame(video_id, index, path.as_uri(), project_id="demo")
+                    for index, path in enumerate(chunk)
+                ],
+            )
+            queue.enqueue(connection, video_id, model=None, priority=0)
+        print("demo: ingested 2 videos and enqueued their jobs", file=out)
+    _embed(config, url, len(paths))
+    with db.connect(url, autocommit=True) as connection:
+        print("\n" + status.render(status.collect(connection)), file=out)
+        _search(config, connection)
+    return 0
+
+
+def _with_database(url: str, name: str) -> str:
+    return psycopg.conninfo.make_conninfo(url, dbname=name)
+
+
+def _demo_model(config: Settings, cache: Path) -> str:
+    """The configured model if it is loadable here; else a tiny local one, said plainly."""
+    if Path(config.model).is_dir() or _hub_reachable():
+        return config.model
+    from argus_embedder import tinymodel
+
+    print(
+        "demo: no access to the Hugging Face hub, so the demo uses a TINY RANDOM SigLIP "
+        "built locally.\n      Its search results are meaningless for quality; with hub "
+        f"access the demo uses {config.model}.",
+        file=sys.stdout,
+    )
+    directory = cache / "demo-tiny-siglip"
+    if not (directory / "config.json").exists():
+        tinymodel.build(directory, family="siglip")
+    return str(directory)
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def _embed(config: Settings, url: str, total: int) -> None:
+    from argus_embedder import daemon, embedder, worker
+
+    model = embedder.load_embedder(config.model, config.device, config.batch_size)
+    with db.connect(url, autocommit=True) as connection:
+        daemon.ensure_model(connection, config.model, model.dimension)
+    finished = threading.Event()
+
+    def watch(bar: progress.Progress) -> None:
+        with db.connect(url, autocommit=True) as connection:
+            while not finished.wait(0.2):
+                row = connection.execute(
+                    db.queries()["frames_embedded"], {"model": config.model}
+                ).fetchone()
+                bar.update(int(row["done"]) if row else 0)
+            row = connection.execute(
+                db.queries()["frames_embedded"], {"model": config.model}
+            ).fetchone()
+            bar.update(int(row["done"]) if row else 0)
+
+    with progress.Progress("embed", total) as bar:
+        watcher = threading.Thread(target=watch, args=(bar,), daemon=True)
+        watcher.start()
+        with worker.Worker(config, url, model) as loop:
+            loop.run(burst=True)
+        finished.set()
+        watcher.join()
+
+
+def _search(config: Settings, connection: psycopg.Connection[object]) -> None:
+    from argus_embedder import embedder
+
+    text = embedder.load_text_encoder(config.model, config.device)
+    hits = search.search(connection, config.model, text.embed_texts([QUERY])[0], limit=5)
+    print(f'\nsearch "{QUERY}": top {len(hits)} frames', file=sys.stdout)
+    for rank, hit in enumerate(hits, 1):
+        print(
+            f"  {rank}. {hit.score:.4f}  {hit.video_id} frame {hit.frame_index}  "
+            f"{Path(hit.image_uri).name}",
+            file=sys.stdout,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Canvas:
+    width: int
+    horizon: int
+    shift: int
+    rng: random.Random
+
+
+def draw_frames(directory: Path, *, width: int = 640, height: int = 360) -> list[Path]:
+    """Draw FRAMES_PER_SCENE textured JPEG frames of each scene (deterministic)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(59)  # noqa: S311 - sample pictures, not secrets
+    paths = []
+    for scene_index, (name, sky, ground, motif) in enumerate(SCENES):
+        for shot in range(FRAMES_PER_SCENE):
+            image = Image.new("RGB", (width, height), sky)
+            draw = ImageDraw.Draw(image)
+            horizon = int(height * (0.55 + 0.05 * rng.random()))
+            draw.rectangle([0, horizon, width, height], fill=ground)
+            MOTIFS[motif](draw, _Canvas(width, horizon, shot * 17, rng))
+            noise = Image.effect_noise((width, height), 24).convert("RGB")
+            image = Image.blend(image, noise, 0.12).filter(ImageFilter.SMOOTH)
+            path = directory / f"{scene_index:02d}-{name.replace(' ', '-')}-{shot:02d}.jpg"
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=90)
+            path.write_bytes(buffer.getvalue())
+            paths.append(path)
+    return paths
+
+
+def _sun(draw: ImageDraw.ImageDraw, scene: _Canvas) -> None:
+    left = scene.width - 160 + scene.shift
+    draw.ellipse([left, 30, left + 80, 110], fill=(255, 230, 60))
+
+
+def _trees(draw: ImageDraw.ImageDraw, scene: _Canvas) -> None:
+    for x in range(20 + scene.shift % 40, scene.width, 70):
+        green = 80 + scene.rng.randrange(40)
+        draw.polygon(
+            [(x, scene.horizon), (x + 30, scene.horizon - 120), (x + 60, scene.horizon)],
+            fill=(20, green, 20),
+        )
+
+
+def _windows(draw: ImageDraw.ImageDraw, scene: _Canvas) -> None:
+    for x in range(30, scene.width, 60):
+        top = scene.horizon - 80 - scene.rng.randrange(120)
+        draw.rectangle([x, top, x + 40, scene.horizon], fill=(30, 30, 60))
+        lit = [y for y in range(top + 8, scene.horizon - 8, 16) if scene.rng.random() < 0.6]
+        for y in lit:
+            draw.rectangle([x + 8, y, x + 16, y + 6], fill=(255, 220, 120))
+
+
+def _car(draw: ImageDraw.ImageDraw, scene: _Canvas) -> None:
+    left, road = 120 + scene.shift * 3, scene.horizon
+    draw.rectangle([left, road + 30, left + 220, road + 90], fill=(210, 20, 20))
+    draw.rectangle([left + 50, road - 5, left + 170, road + 30], fill=(190, 15, 15))
+    for wheel in (left + 30, left + 150):
+        draw.ellipse([wheel, road + 70, wheel + 45, road + 115], fill=(15, 15, 15))
+
+
+def _mountain(draw: ImageDraw.ImageDraw, scene: _Canvas) -> None:
+    s = scene.shift
+    draw.polygon(
+        [(50 + s, scene.horizon), (300 + s, 40), (560 + s, scene.horizon)], fill=(120, 120, 140)
+    )
+    draw.polygon([(240 + s, 100), (300 + s, 40), (360 + s, 100)], fill=(255, 255, 255))
+
+
+def _dunes(draw: ImageDraw.ImageDraw, scene: _Canvas) -> None:
+    for offset in range(3):
+        top = scene.horizon - 40 + offset * 30
+        left = -100 + offset * 200 + scene.shift
+        draw.ellipse([left, top, left + 400, top + 160], fill=(230 - offset * 15, 180, 100))
+
+
+MOTIFS = {
+    "sun": _sun,
+    "trees": _trees,
+    "windows": _windows,
+    "car": _car,
+    "mountain": _mountain,
+    "dunes": _dunes,
+}

@@ -1,0 +1,47 @@
+"""The frames gateway: what the frame stage does (insert frame rows), for `ingest` and tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from argus_embedder import db, errors
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+@dataclasses.dataclass(frozen=True)
+class NewFrame:
+    video_id: str
+    frame_index: int
+    image_uri: str
+    project_id: str | None = None
+    timestamp_ms: int | None = None
+
+
+def image_files(paths: Iterable[str]) -> list[Path]:
+    """Expand files and folders into image files, in a stable (sorted) order."""
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise errors.UserInputError(f"{text}: no such file or folder")
+    if not found:
+        raise errors.UserInputError("no image files found in the given paths")
+    return found
+
+
+def insert(connection: psycopg.Connection[Any], frames: Sequence[NewFrame]) -> None:
+    """Insert frame rows (existing (video_id, frame_index) pairs are left alone)."""
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            db.queries()["insert_frame"], [dataclasses.asdict(frame) for frame in frames]
+        )

@@ -1,0 +1,231 @@
+"""The job queue: the one gateway to argus.embedding_jobs (claim, fence, finish)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import random
+import uuid
+from typing import Any
+
+import psycopg
+
+from argus_embedder import db
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A claimed job: what the worker needs, plus its fencing token."""
+
+    id: int
+    video_id: str
+    model: str
+    attempts: int
+    max_attempts: int
+    lease_token: uuid.UUID
+    frames_total: int
+    frames_done: int
+    frames_failed: int
+    queue_wait_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    id: int
+    image_uri: str
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStats:
+    jobs: dict[str, int]
+    oldest_queued_seconds: float | None
+
+
+def backoff_seconds(attempt: int, *, base: float = 2.0, cap: float = MAX_BACKOFF_SECONDS) -> float:
+    """Exponential backoff with jitter: uniform in [0.5, 1] of base * 2^(attempt-1), capped."""
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    return float(ceiling * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
+
+
+class Queue:
+    """Job operations for one worker (`worker_id`, `model`) over a connection it lends."""
+
+    def __init__(self, *, model: str, worker_id: str, lease_seconds: float) -> None:
+        self.model = model
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+
+    def claim(self, connection: psycopg.Connection[Any], limit: int = 1) -> list[Job]:
+        """Claim up to `limit` jobs (and reclaim expired leases) in one statement."""
+        with connection.transaction():
+            rows = connection.execute(
+                db.queries()["claim_jobs"],
+                {
+                    "model": self.model,
+                    "limit": limit,
+                    "worker_id": self.worker_id,
+                    "lease_seconds": self.lease_seconds,
+                },
+            ).fetchall()
+        jobs = []
+        for row in rows:
+            if row["status"] == "failed":
+                log.warning(
+                    "job %s failed: lease expired and %s/%s attempts used",
+                    row["id"],
+                    row["attempts"],
+                    row["max_attempts"],
+                )
+                continue
+            jobs.append(_job(row))
+        return jobs
+
+    def missing_frames(self, connection: psycopg.Connection[Any], job: Job) -> list[Frame] | None:
+        """The job's frames still without a row for its model; None if the lease is gone."""
+        with connection.transaction():
+            cursor = connection.execute(
+                db.queries()["list_missing_frames"],
+                {
+                    "video_id": job.video_id,
+                    "model": job.model,
+                    "job_id": job.id,
+                    "lease_token": job.lease_token,
+                },
+            )
+            rows = cursor.fetchall()
+            if not rows and not self.holds(connection, job):
+                return None
+        return [Frame(id=row["id"], image_uri=row["image_uri"]) for row in rows]
+
+    def holds(self, connection: psycopg.Connection[Any], job: Job) -> bool:
+        """Whether `job` is still running under our lease token."""
+        row = connection.execute(
+            db.queries()["renew_leases"],
+            {
+                "job_ids": [job.id],
+                "lease_tokens": [job.lease_token],
+                "lease_seconds": self.lease_seconds,
+            },
+        ).fetchone()
+        return row is not None
+
+    def renew(self, connection: psycopg.Connection[Any], jobs: list[Job]) -> set[int]:
+        """Extend the leases of `jobs`; returns the ids still held (others were lost)."""
+        if not jobs:
+            return set()
+        with connection.transaction():
+            rows = connection.execute(
+                db.queries()["renew_leases"],
+                {
+                    "job_ids": [job.id for job in jobs],
+                    "lease_tokens": [job.lease_token for job in jobs],
+                    "lease_seconds": self.lease_seconds,
+                },
+            ).fetchall()
+        return {row["id"] for row in rows}
+
+    def complete(self, connection: psycopg.Connection[Any], job: Job) -> float | None:
+        """Mark succeeded; returns the job's run time in seconds, None if the lease was lost."""
+        with connection.transaction():
+            row = connection.execute(db.queries()["complete_job"], _fence(job)).fetchone()
+        if row is None:
+            return None
+        duration: datetime.timedelta = row["duration"]
+        return duration.total_seconds()
+
+    def fail(self, connection: psycopg.Connection[Any], job: Job, error: str) -> str | None:
+        """Record a job-level failure: queued again with backoff, or failed when out of
+        attempts. Returns the new status, None if the lease was lost."""
+        with connection.transaction():
+            self._absorb_duplicate(connection, job)
+            row = connection.execute(
+                db.queries()["fail_job"],
+                {
+                    **_fence(job),
+                    "error": error[:2000],
+                    "backoff_seconds": backoff_seconds(job.attempts),
+                },
+            ).fetchone()
+        return None if row is None else str(row["status"])
+
+    def release(self, connection: psycopg.Connection[Any], job: Job) -> bool:
+        """Give the lease back without burning an attempt (graceful shutdown)."""
+        with connection.transaction():
+            self._absorb_duplicate(connection, job)
+            row = connection.execute(db.queries()["release_job"], _fence(job)).fetchone()
+        return row is not None
+
+    def _absorb_duplicate(self, connection: psycopg.Connection[Any], job: Job) -> None:
+        connection.execute(
+            db.queries()["absorb_queued_duplicate"], {**_fence(job), "model": job.model}
+        )
+
+
+def _fence(job: Job) -> dict[str, Any]:
+    return {"job_id": job.id, "lease_token": job.lease_token}
+
+
+def _job(row: dict[str, Any]) -> Job:
+    wait: datetime.timedelta = row["queue_wait"]
+    return Job(
+        id=row["id"],
+        video_id=row["video_id"],
+        model=row["model"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        lease_token=row["lease_token"],
+        frames_total=row["frames_total"],
+        frames_done=row["frames_done"],
+        frames_failed=row["frames_failed"],
+        queue_wait_seconds=max(wait.total_seconds(), 0.0),
+    )
+
+
+# --- operator actions and read-only views ------------------------------------
+
+
+def enqueue(
+    connection: psycopg.Connection[Any], video_id: str, *, model: str | None, priority: int
+) -> int | None:
+    """Insert a job; returns its id, or None when a queued job already covers it."""
+    row = connection.execute(
+        db.queries()["enqueue_job"],
+        {"video_id": video_id, "model": model, "priority": priority},
+    ).fetchone()
+    return None if row is None else row["id"]
+
+
+def video_exists(connection: psycopg.Connection[Any], video_id: str) -> bool:
+    row = connection.execute(db.queries()["video_has_frames"], {"video_id": video_id}).fetchone()
+    return bool(row and row["found"])
+
+
+def cancel(connection: psycopg.Connection[Any], job_id: int) -> bool:
+    return connection.execute(db.queries()["cancel_job"], {"job_id": job_id}).fetchone() is not None
+
+
+def retry(connection: psycopg.Connection[Any], job_id: int) -> bool:
+    return connection.execute(db.queries()["retry_job"], {"job_id": job_id}).fetchone() is not None
+
+
+def job_status(connection: psycopg.Connection[Any], job_id: int) -> str | None:
+    row = connection.execute(db.queries()["job_status"], {"job_id": job_id}).fetchone()
+    return None if row is None else str(row["status"])
+
+
+def stats(connection: psycopg.Connection[Any]) -> QueueStats:
+    counts = {state: 0 for state in ("queued", "running", "succeeded", "failed", "cancelled")}
+    for row in connection.execute(db.queries()["queue_counts"]):
+        counts[row["state"]] = int(row["jobs"])
+    oldest = connection.execute(db.queries()["oldest_queued"]).fetchone()
+    age = None if oldest is None else oldest["age_seconds"]
+    return QueueStats(jobs=counts, oldest_queued_seconds=age)
+
+
+def running(connection: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return connection.execute(db.queries()["running_jobs"]).fetchall()

@@ -1,0 +1,133 @@
+"""Vector writes: a batch of frame rows plus each job's progress, in one fenced transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+
+from argus_embedder import db
+from argus_embedder.queue import Job
+
+log = logging.getLogger(__name__)
+
+_COPY_TYPES = ["int8", "text", "vector", "text", "text"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameResult:
+    """One finished frame: a unit vector, or the reason it can never succeed."""
+
+    frame_id: int
+    vector: npt.NDArray[np.float32] | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class JobWrite:
+    """The rows of one batch that belong to one job."""
+
+    job: Job
+    results: Sequence[FrameResult]
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for result in self.results if result.error is not None)
+
+
+def write(
+    connection: psycopg.Connection[Any],
+    writes: Sequence[JobWrite],
+    *,
+    preprocessing: str,
+    lease_seconds: float,
+) -> set[int]:
+    """Commit the rows and progress of `writes` in one transaction.
+
+    Each job's progress update is fenced by its lease token; rows of a job whose
+    lease is gone (cancelled, reclaimed) are not written. Returns the ids of
+    those lost jobs.
+    """
+    lost: set[int] = set()
+    with connection.transaction():
+        held: list[JobWrite] = []
+        for job_write in writes:
+            if _record_progress(
+                connection, job_write, len(job_write.results), job_write.failed, lease_seconds
+            ):
+                held.append(job_write)
+            else:
+                lost.add(job_write.job.id)
+        try:
+            with connection.transaction():  # savepoint: a conflict must not void the fence
+                _copy(connection, held, preprocessing)
+        except psycopg.errors.UniqueViolation:
+            # Only reachable if rows appeared outside the queue's fencing (a manual
+            # insert): those frames are finished either way, so skip them.
+            held = _without_existing(connection, held)
+            _copy(connection, held, preprocessing)
+    return lost
+
+
+def _record_progress(
+    connection: psycopg.Connection[Any],
+    job_write: JobWrite,
+    done: int,
+    failed: int,
+    lease_seconds: float,
+) -> bool:
+    row = connection.execute(
+        db.queries()["record_progress"],
+        {
+            "job_id": job_write.job.id,
+            "lease_token": job_write.job.lease_token,
+            "done": done,
+            "failed": failed,
+            "lease_seconds": lease_seconds,
+        },
+    ).fetchone()
+    return row is not None
+
+
+def _copy(
+    connection: psycopg.Connection[Any], writes: Sequence[JobWrite], preprocessing: str
+) -> None:
+    with connection.cursor().copy(db.queries()["copy_embeddings"]) as copy:
+        copy.set_types(_COPY_TYPES)
+        for job_write in writes:
+            model = job_write.job.model
+            for result in job_write.results:
+                if result.vector is not None:
+                    copy.write_row((result.frame_id, model, result.vector, None, preprocessing))
+                else:
+                    copy.write_row((result.frame_id, model, None, result.error, None))
+
+
+def _without_existing(
+    connection: psycopg.Connection[Any], writes: Sequence[JobWrite]
+) -> list[JobWrite]:
+    trimmed = []
+    for job_write in writes:
+        existing = {
+            row["frame_id"]
+            for row in connection.execute(
+                db.queries()["existing_embeddings"],
+                {
+                    "model": job_write.job.model,
+                    "frame_ids": [result.frame_id for result in job_write.results],
+                },
+            )
+        }
+        kept = [result for result in job_write.results if result.frame_id not in existing]
+        log.warning(
+            "job %s: %d frames already had rows; skipped",
+            job_write.job.id,
+            len(job_write.results) - len(kept),
+        )
+        trimmed.append(JobWrite(job_write.job, kept))
+    return trimmed

@@ -1,0 +1,238 @@
+-- Runtime SQL as named blocks, loaded once by argus_embedder.db.Queries.
+-- A block runs from its "-- name:" line to the next one. Parameters only.
+
+-- name: migrations_bootstrap
+CREATE SCHEMA IF NOT EXISTS argus;
+CREATE TABLE IF NOT EXISTS argus.schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migrations_lock
+SELECT pg_advisory_lock(hashtext('argus-embedder:migrate'));
+
+-- name: migrations_unlock
+SELECT pg_advisory_unlock(hashtext('argus-embedder:migrate'));
+
+-- name: migrations_applied
+SELECT version FROM argus.schema_migrations ORDER BY version;
+
+-- name: migrations_record
+INSERT INTO argus.schema_migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) AS version FROM argus.schema_migrations;
+
+-- name: ensure_model_index
+SELECT argus.ensure_model_index(%(model)s, %(dimension)s, %(kind)s) AS index_name;
+
+-- name: model_dimension
+SELECT dimension FROM argus.models WHERE model = %(model)s;
+
+-- name: enqueue_job
+SELECT argus.enqueue_embedding_job(%(video_id)s, model => %(model)s, priority => %(priority)s) AS id;
+
+-- name: video_has_frames
+SELECT EXISTS (SELECT 1 FROM argus.frames WHERE video_id = %(video_id)s) AS found;
+
+-- name: insert_frame
+INSERT INTO argus.frames (video_id, project_id, frame_index, timestamp_ms, image_uri)
+VALUES (%(video_id)s, %(project_id)s, %(frame_index)s, %(timestamp_ms)s, %(image_uri)s)
+ON CONFLICT (video_id, frame_index) DO NOTHING;
+
+-- name: claim_jobs
+-- Takes claimable jobs in (priority, run_at) order: queued ones that are due,
+-- and running ones whose lease expired (their worker died; that attempt
+-- already counted). A job is never claimed while another job for the same
+-- (video, model) runs. Expired jobs that used up their attempts become failed.
+WITH candidate AS (
+    SELECT j.id, j.status = 'running' AS reclaimed
+    FROM argus.embedding_jobs j
+    WHERE (j.model IS NULL OR j.model = %(model)s)
+      AND ((j.status = 'queued' AND j.run_at <= now())
+           OR (j.status = 'running' AND j.lease_expires_at < now()))
+      AND NOT EXISTS (
+          SELECT 1 FROM argus.embedding_jobs r
+          WHERE r.status = 'running' AND r.id <> j.id
+            AND r.video_id = j.video_id AND r.model = coalesce(j.model, %(model)s))
+    ORDER BY j.priority DESC, j.run_at, j.id
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+), progress AS (
+    SELECT c.id,
+           (SELECT count(*) FROM argus.frames f WHERE f.video_id = j.video_id) AS total,
+           (SELECT count(*) FROM argus.frame_embeddings e JOIN argus.frames f ON f.id = e.frame_id
+            WHERE f.video_id = j.video_id AND e.model = %(model)s) AS done,
+           (SELECT count(*) FROM argus.frame_embeddings e JOIN argus.frames f ON f.id = e.frame_id
+            WHERE f.video_id = j.video_id AND e.model = %(model)s AND e.error IS NOT NULL) AS failed,
+           c.reclaimed AND j.attempts >= j.max_attempts AS exhausted
+    FROM candidate c JOIN argus.embedding_jobs j ON j.id = c.id
+)
+UPDATE argus.embedding_jobs j SET
+    status           = CASE WHEN p.exhausted THEN 'failed' ELSE 'running' END,
+    model            = coalesce(j.model, %(model)s),
+    attempts         = CASE WHEN p.exhausted THEN j.attempts ELSE j.attempts + 1 END,
+    worker_id        = %(worker_id)s,
+    lease_token      = CASE WHEN p.exhausted THEN NULL ELSE gen_random_uuid() END,
+    lease_expires_at = CASE WHEN p.exhausted THEN NULL
+                            ELSE now() + make_interval(secs => %(lease_seconds)s) END,
+    frames_total     = p.total,
+    frames_done      = p.done,
+    frames_failed    = p.failed,
+    started_at       = coalesce(j.started_at, now()),
+    finished_at      = CASE WHEN p.exhausted THEN now() END,
+    last_error       = CASE WHEN p.exhausted OR j.status = 'running'
+                            THEN 'lease expired (worker ' || coalesce(j.worker_id, '?') || ' stopped)'
+                            ELSE j.last_error END,
+    errors           = CASE WHEN j.status = 'running' THEN j.errors || jsonb_build_array(
+                           jsonb_build_object('attempt', j.attempts, 'worker', j.worker_id,
+                                              'error', 'lease expired', 'at', now()))
+                            ELSE j.errors END,
+    updated_at       = now()
+FROM progress p
+WHERE j.id = p.id
+RETURNING j.id, j.video_id, j.model, j.status, j.priority, j.attempts, j.max_attempts,
+          j.lease_token, j.frames_total, j.frames_done, j.frames_failed, j.run_at,
+          (now() - j.run_at) AS queue_wait;
+
+-- name: list_missing_frames
+-- Every frame of the job's video without a row for its model, in order; the
+-- same statement fixes frames_total to what this listing saw, fenced.
+WITH missing AS (
+    SELECT f.id, f.frame_index, f.image_uri
+    FROM argus.frames f
+    WHERE f.video_id = %(video_id)s
+      AND NOT EXISTS (SELECT 1 FROM argus.frame_embeddings e
+                      WHERE e.frame_id = f.id AND e.model = %(model)s)
+), fenced AS (
+    UPDATE argus.embedding_jobs
+    SET frames_total = frames_done + (SELECT count(*) FROM missing), updated_at = now()
+    WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
+    RETURNING id
+)
+SELECT m.id, m.image_uri FROM missing m, fenced ORDER BY m.frame_index;
+
+-- name: record_progress
+-- Fences a batch write: locks the job row and proves we still hold the lease.
+UPDATE argus.embedding_jobs
+SET frames_done      = frames_done + %(done)s,
+    frames_failed    = frames_failed + %(failed)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    updated_at       = now()
+WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
+RETURNING id;
+
+-- name: copy_embeddings
+COPY argus.frame_embeddings (frame_id, model, embedding, error, preprocessing)
+FROM STDIN (FORMAT BINARY);
+
+-- name: renew_leases
+UPDATE argus.embedding_jobs
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s), updated_at = now()
+WHERE id = ANY(%(job_ids)s) AND lease_token = ANY(%(lease_tokens)s) AND status = 'running'
+RETURNING id;
+
+-- name: complete_job
+UPDATE argus.embedding_jobs
+SET status = 'succeeded', finished_at = now(), lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
+RETURNING id, frames_total, frames_done, frames_failed, (now() - started_at) AS duration;
+
+-- name: fail_job
+-- A job-level failure: back to queued with backoff, or failed once attempts
+-- are used up. Both keep the error in the history.
+UPDATE argus.embedding_jobs
+SET status           = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+    run_at           = now() + make_interval(secs => %(backoff_seconds)s),
+    finished_at      = CASE WHEN attempts >= max_attempts THEN now() END,
+    lease_token      = NULL,
+    lease_expires_at = NULL,
+    last_error       = %(error)s,
+    errors           = errors || jsonb_build_array(jsonb_build_object(
+                           'attempt', attempts, 'worker', worker_id,
+                           'error', %(error)s::text, 'at', now())),
+    updated_at       = now()
+WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
+RETURNING id, status, attempts;
+
+-- name: release_job
+-- Graceful shutdown: give the lease back without burning the attempt.
+UPDATE argus.embedding_jobs
+SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_token = NULL,
+    lease_expires_at = NULL, updated_at = now()
+WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
+RETURNING id;
+
+-- name: absorb_queued_duplicate
+-- Before a running job goes back to queued, fold a queued duplicate of the
+-- same (video, model) into it (one queued job per pair is the rule).
+UPDATE argus.embedding_jobs d
+SET status = 'cancelled', finished_at = now(), updated_at = now(),
+    last_error = 'superseded by job ' || %(job_id)s::text
+FROM argus.embedding_jobs j
+WHERE j.id = %(job_id)s AND j.lease_token = %(lease_token)s
+  AND d.status = 'queued' AND d.id <> j.id AND d.video_id = j.video_id
+  AND coalesce(d.model, %(model)s) = j.model
+RETURNING d.id, d.priority;
+
+-- name: cancel_job
+UPDATE argus.embedding_jobs
+SET status = 'cancelled', finished_at = now(), lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = %(job_id)s AND status IN ('queued', 'running')
+RETURNING id;
+
+-- name: retry_job
+-- Operator retry of a finished job: queued again with fresh attempts.
+UPDATE argus.embedding_jobs
+SET status = 'queued', run_at = now(), attempts = 0, finished_at = NULL, worker_id = NULL,
+    updated_at = now()
+WHERE id = %(job_id)s AND status IN ('failed', 'cancelled', 'succeeded')
+RETURNING id;
+
+-- name: job_status
+SELECT id, status FROM argus.embedding_jobs WHERE id = %(job_id)s;
+
+-- name: queue_counts
+SELECT status AS state, count(*) AS jobs FROM argus.embedding_jobs GROUP BY status;
+
+-- name: oldest_queued
+SELECT extract(epoch FROM now() - min(run_at))::double precision AS age_seconds
+FROM argus.embedding_jobs WHERE status = 'queued' AND run_at <= now();
+
+-- name: running_jobs
+SELECT id, video_id, model, worker_id, attempts, frames_total, frames_done, frames_failed,
+       extract(epoch FROM now() - started_at)::double precision AS running_seconds,
+       extract(epoch FROM lease_expires_at - now())::double precision AS lease_left_seconds
+FROM argus.embedding_jobs WHERE status = 'running' ORDER BY started_at, id;
+
+-- name: stats_lock
+SELECT pg_try_advisory_xact_lock(hashtext('argus-embedder:queue-stats')) AS locked;
+
+-- name: search_frames
+SELECT frame_id, video_id, frame_index, timestamp_ms, image_uri, score
+FROM argus.search_frames(%(model)s, %(query)s, %(limit)s, %(video_id)s, %(project_id)s);
+
+-- name: existing_embeddings
+SELECT frame_id FROM argus.frame_embeddings
+WHERE model = %(model)s AND frame_id = ANY(%(frame_ids)s);
+
+-- name: listen
+LISTEN argus_embedding_jobs;
+
+-- name: models
+SELECT model, dimension, index_kind, index_name FROM argus.models ORDER BY model;
+
+-- name: ping
+SELECT 1 AS ok;
+
+-- name: demo_drop_database
+DROP DATABASE IF EXISTS argus_demo WITH (FORCE);
+
+-- name: demo_create_database
+CREATE DATABASE argus_demo;
+
+-- name: frames_embedded
+SELECT count(*) AS done FROM argus.frame_embeddings WHERE model = %(model)s;

@@ -1,0 +1,237 @@
+"""Queue semantics against a real PostgreSQL: claim order, SKIP LOCKED, leases, fencing."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from argus_embedder import db, queue, store
+from tests import support
+
+MODEL = "test/model"
+
+
+def make_queue(worker: str = "w1", lease: float = 60.0) -> queue.Queue:
+    return queue.Queue(model=MODEL, worker_id=worker, lease_seconds=lease)
+
+
+def expire(conn: psycopg.Connection[Any], job_id: int) -> None:
+    conn.execute(
+        "UPDATE argus.embedding_jobs SET lease_expires_at = now() - interval '1 second' "
+        "WHERE id = %s",
+        (job_id,),
+    )
+
+
+def test_claim_order_is_priority_then_run_at(conn: psycopg.Connection[Any]) -> None:
+    ids = {}
+    for name, priority in [("a", 0), ("b", 5), ("c", 0), ("d", 5)]:
+        ids[name] = support.add_video(conn, name, ["x"], priority=priority)
+    conn.execute(
+        "UPDATE argus.embedding_jobs SET run_at = now() - interval '1 hour' WHERE video_id = 'c'"
+    )
+    claimed = [make_queue().claim(conn)[0].video_id for _ in range(4)]
+    assert claimed == ["b", "d", "c", "a"]
+    assert make_queue().claim(conn) == []
+
+
+def test_future_run_at_is_not_claimed(conn: psycopg.Connection[Any]) -> None:
+    support.add_video(conn, "v", ["x"])
+    conn.execute("UPDATE argus.embedding_jobs SET run_at = now() + interval '1 hour'")
+    assert make_queue().claim(conn) == []
+
+
+def test_eight_concurrent_claimers_never_share_a_job(database_url: str) -> None:
+    with db.connect(database_url, autocommit=True) as conn:
+        for index in range(200):
+            support.add_video(conn, f"video-{index}", ["x"])
+
+    def claim_all(worker: str) -> list[int]:
+        got = []
+        with db.connect(database_url, autocommit=True) as connection:
+            q = make_queue(worker)
+            while jobs := q.claim(connection, limit=3):
+                got.extend(job.id for job in jobs)
+        return got
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(claim_all, [f"w{i}" for i in range(8)]))
+    claimed = [job_id for result in results for job_id in result]
+    assert len(claimed) == 200
+    assert len(set(claimed)) == 200
+    assert sum(1 for result in results if result) >= 2  # the work really was shared
+
+
+def test_expired_lease_is_reclaimed_and_counts_an_attempt(conn: psycopg.Connection[Any]) -> None:
+    support.add_video(conn, "v", ["x"])
+    first = make_queue("dead").claim(conn)[0]
+    assert first.attempts == 1
+    assert make_queue("other").claim(conn) == []  # lease still live
+    expire(conn, first.id)
+    second = make_queue("w2").claim(conn)[0]
+    assert second.id == first.id
+    assert second.attempts == 2
+    assert second.lease_token != first.lease_token
+    row = support.job(conn, first.id)
+    assert row["worker_id"] == "w2"
+    assert row["errors"][0]["error"] == "lease expired"
+    assert row["errors"][0]["worker"] == "dead"
+
+
+def test_stale_token_writes_nothing(conn: psycopg.Connection[Any]) -> None:
+    support.add_video(conn, "v", ["x", "y"])
+    stale = make_queue("old").claim(conn)[0]
+    expire(conn, stale.id)
+    fresh = make_queue("new").claim(conn)[0]
+    frame_ids = [r["id"] for r in conn.execute("SELECT id FROM argus.frames ORDER BY id")]
+    lost = store.write(
+        conn,
+        [store.JobWrite(stale, [store.FrameResult(frame_ids[0], error="x")])],
+        preprocessing="p",
+        lease_seconds=60,
+    )
+    assert lost == {stale.id}
+    assert conn.execute("SELECT count(*) AS n FROM argus.frame_embeddings").fetchone()["n"] == 0
+    assert make_queue("old").complete(conn, stale) is None
+    assert make_queue("old").fail(conn, stale, "boom") is None
+    assert support.job(conn, fresh.id)["status"] == "running"
+    assert support.job(conn, fresh.id)["frames_done"] == 0
+
+
+def test_failure_backs_off_then_fails_with_history(conn: psycopg.Connection[Any]) -> None:
+    support.add_video(conn, "v", ["x"])
+    conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 3")
+    q = make_queue()
+    statuses = []
+    for attempt in range(1, 4):
+        job = q.claim(conn)[0]
+        assert job.attempts == attempt
+        statuses.append(q.fail(conn, job, f"boom {attempt}"))
+        row = support.job(conn, job.id)
+        if row["status"] == "queued":
+            delay = conn.execute(
+                "SELECT extract(epoch FROM run_at - now()) AS s FROM argus.embedding_jobs"
+            ).fetchone()["s"]
+            assert 0 < float(delay) <= queue.MAX_BACKOFF_SECONDS
+            assert q.claim(conn) == []  # backoff: not claimable yet
+            conn.execute("UPDATE argus.embedding_jobs SET run_at = now()")
+    assert statuses == ["queued", "queued", "failed"]
+    row = support.job(conn, job.id)
+    assert row["status"] == "failed"
+    assert row["last_error"] == "boom 3"
+    assert [entry["error"] for entry in row["errors"]] == ["boom 1", "boom 2", "boom 3"]
+    assert [entry["attempt"] for entry in row["errors"]] == [1, 2, 3]
+    assert row["finished_at"] is not None
+
+
+def test_backoff_grows_exponentially() -> None:
+    assert 1.0 <= queue.backoff_seconds(1) <= 2.0
+    assert 8.0 <= queue.backoff_seconds(4) <= 16.0
+    assert queue.backoff_seconds(50) <= queue.MAX_BACKOFF_SECONDS
+
+
+def test_expired_lease_past_max_attempts_fails(conn: psycopg.Connection[Any]) -> None:
+    support.add_video(conn, "v", ["x"])
+    conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 1")
+    job = make_queue("crashing").claim(conn)[0]
+    expire(conn, job.id)
+    assert make_queue("w2").claim(conn) == []
+    row = support.job(conn, job.id)
+    assert row["status"] == "failed"
+    assert "lease expired" in row["last_error"]
+    assert len(row["errors"]) == 1
+
+
+def test_duplicate_enqueues_are_absorbed(conn: psycopg.Connection[Any]) -> None:
+    support.add_video(conn, "v", ["x"], enqueue=False)
+    first = queue.enqueue(conn, "v", model=None, priority=0)
+    assert first is not None
+    assert queue.enqueue(conn, "v", model=None, priority=0) is None
+    conn.execute("INSERT INTO argus.embedding_jobs (video_id) VALUES ('v') ON CONFLICT DO NOTHING")
+    count = conn.execute("SELECT count(*) AS n FROM argus.embedding_jobs").fetchone()["n"]
+    assert count == 1
+
+
+def test_no_two_running_jobs_for_one_video(conn: psycopg.Connection[Any]) -> None:
+    support.add_video(conn, "v", ["x"])
+    running = make_queue("w1").claim(conn)[0]
+    # Frames arrive later and the frame stage enqueues again: a second job waits.
+    assert queue.enqueue(conn, "v", model=None, priority=0) is not None
+    assert make_queue("w2").claim(conn) == []
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(
+            "UPDATE argus.embedding_jobs SET status = 'running', model = %s "
+            "WHERE status = 'queued'",
+            (MODEL,),
+        )
+    make_queue("w1").complete(conn, running)
+    follow_up = make_queue("w2").claim(conn)
+    assert len(follow_up) == 1 and follow_up[0].id != running.id
+
+
+def test_release_keeps_the_attempt_and_absorbs_a_queued_duplicate(
+    conn: psycopg.Connection[Any],
+) -> None:
+    support.add_video(conn, "v", ["x"])
+    job = make_queue().claim(conn)[0]
+    duplicate = queue.enqueue(conn, "v", model=None, priority=0)
+    assert make_queue().release(conn, job)
+    row = support.job(conn, job.id)
+    assert row["status"] == "queued" and row["attempts"] == 0
+    assert support.job(conn, duplicate)["status"] == "cancelled"  # type: ignore[arg-type]
+
+
+def test_cancel_and_retry(conn: psycopg.Connection[Any]) -> None:
+    support.add_video(conn, "v", ["x"])
+    job = make_queue().claim(conn)[0]
+    assert queue.cancel(conn, job.id)
+    assert not make_queue().holds(conn, job)
+    assert queue.job_status(conn, job.id) == "cancelled"
+    assert not queue.cancel(conn, job.id)
+    assert queue.retry(conn, job.id)
+    again = make_queue().claim(conn)[0]
+    assert again.id == job.id and again.attempts == 1
+
+
+def test_heartbeat_renewal_reports_lost_leases(conn: psycopg.Connection[Any]) -> None:
+    support.add_video(conn, "a", ["x"])
+    support.add_video(conn, "b", ["x"])
+    q = make_queue(lease=5)
+    jobs = q.claim(conn, limit=2)
+    before = conn.execute(
+        "SELECT max(lease_expires_at) AS t FROM argus.embedding_jobs"
+    ).fetchone()["t"]
+    time.sleep(0.05)
+    queue.cancel(conn, jobs[1].id)
+    assert q.renew(conn, jobs) == {jobs[0].id}
+    after = support.job(conn, jobs[0].id)["lease_expires_at"]
+    assert after > before
+
+
+def test_claim_stays_an_index_scan_with_a_million_finished_jobs(
+    conn: psycopg.Connection[Any],
+) -> None:
+    conn.execute(
+        "INSERT INTO argus.embedding_jobs (video_id, model, status, finished_at) "
+        "SELECT 'old-' || g, %s, 'succeeded', now() FROM generate_series(1, 1000000) g",
+        (MODEL,),
+    )
+    support.add_video(conn, "fresh", ["x"])
+    conn.execute("ANALYZE argus.embedding_jobs")
+    params = {"model": MODEL, "limit": 1, "worker_id": "w", "lease_seconds": 60}
+    sql = db.queries()["claim_jobs"].as_string(conn)
+    plan = "\n".join(
+        row["QUERY PLAN"] for row in conn.execute("EXPLAIN " + sql, params)  # type: ignore[call-overload]
+    )
+    assert "Seq Scan on embedding_jobs" not in plan, plan
+    # Candidates come only from the status-partial indexes, never the finished rows.
+    assert "embedding_jobs_one_queued_idx" in plan or "embedding_jobs_claim_idx" in plan, plan
+    started = time.perf_counter()
+    job = make_queue().claim(conn)[0]
+    elapsed = time.perf_counter() - started
+    assert job.video_id == "fresh"
+    print(f"claim with 1M finished jobs: {elapsed * 1000:.1f} ms")
