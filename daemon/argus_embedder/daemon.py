@@ -5,19 +5,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from argus_embedder import __version__, db, errors, health, metrics, sdnotify, shutdown
 from argus_embedder.settings import Settings
 
+if TYPE_CHECKING:
+    from argus_embedder.embedder import Embedder
+
 log = logging.getLogger(__name__)
 
 
 def run(config: Settings, *, burst: bool = False) -> int:
     """Run the daemon until SIGTERM/SIGINT (or, with `burst`, until the queue is empty)."""
-    from argus_embedder import embedder as embedder_module
     from argus_embedder import worker
 
     stop = threading.Event()
@@ -32,35 +34,41 @@ def run(config: Settings, *, burst: bool = False) -> int:
             db.check_schema(connection)
         state.set_db_check(lambda: _ping(url))
 
-        sdnotify.status(f"loading model {config.model}")
-        started = time.monotonic()
-        model = embedder_module.load_embedder(config.model, config.device, config.batch_size)
-        model.warm_up()
-        metrics.MODEL_LOAD.set(time.monotonic() - started)
-        metrics.set_build_info(__version__, config.model, model.device)
-        state.set_detail("device", model.device)
-        with db.connect(url, autocommit=True) as connection:
-            ensure_model(connection, config.model, model.dimension)
-
-        with (
-            health.serve(config.metrics_port, state) as port,
-            worker.Worker(config, url, model, shutdown=stop, on_beat=state.beat) as loop,
-        ):
-            state.set_model_warm()
-            state.beat()
-            log.info(
-                "ready: model %s on %s, batch %d, worker %s%s",
-                config.model,
-                model.device,
-                model.batch_size,
-                config.worker_id,
-                f", metrics on :{port}" if port else "",
-            )
-            sdnotify.ready(f"ready: {config.model} on {model.device}")
-            loop.run(burst=burst)
+        with health.serve(config.metrics_port, state) as port:
+            # Serve /livez and /metrics during a long first model download too.
+            model = _load_model(config, state)
+            with db.connect(url, autocommit=True) as connection:
+                ensure_model(connection, config.model, model.dimension)
+            with worker.Worker(config, url, model, shutdown=stop, on_beat=state.beat) as loop:
+                state.set_model_warm()
+                state.beat()
+                log.info(
+                    "ready: model %s on %s, batch %d, worker %s%s",
+                    config.model,
+                    model.device,
+                    model.batch_size,
+                    config.worker_id,
+                    f", metrics on :{port}" if port else "",
+                )
+                sdnotify.ready(f"ready: {config.model} on {model.device}")
+                loop.run(burst=burst)
         sdnotify.stopping("stopped")
     log.info("stopped after %d job(s)", loop.jobs_finished)
     return errors.EXIT_OK
+
+
+def _load_model(config: Settings, state: health.HealthState) -> Embedder:
+    from argus_embedder import embedder
+
+    sdnotify.status(f"loading model {config.model}")
+    started = time.monotonic()
+    model = embedder.load_embedder(config.model, config.device, config.batch_size)
+    state.beat()
+    model.warm_up()
+    metrics.MODEL_LOAD.set(time.monotonic() - started)
+    metrics.set_build_info(__version__, config.model, model.device)
+    state.set_detail("device", model.device)
+    return model
 
 
 def ensure_model(connection: psycopg.Connection[Any], model: str, dimension: int) -> None:

@@ -202,9 +202,9 @@ def test_heartbeat_renewal_reports_lost_leases(conn: psycopg.Connection[Any]) ->
     support.add_video(conn, "b", ["x"])
     q = make_queue(lease=5)
     jobs = q.claim(conn, limit=2)
-    before = conn.execute(
-        "SELECT max(lease_expires_at) AS t FROM argus.embedding_jobs"
-    ).fetchone()["t"]
+    before = conn.execute("SELECT max(lease_expires_at) AS t FROM argus.embedding_jobs").fetchone()[
+        "t"
+    ]
     time.sleep(0.05)
     queue.cancel(conn, jobs[1].id)
     assert q.renew(conn, jobs) == {jobs[0].id}
@@ -225,7 +225,8 @@ def test_claim_stays_an_index_scan_with_a_million_finished_jobs(
     params = {"model": MODEL, "limit": 1, "worker_id": "w", "lease_seconds": 60}
     sql = db.queries()["claim_jobs"].as_string(conn)
     plan = "\n".join(
-        row["QUERY PLAN"] for row in conn.execute("EXPLAIN " + sql, params)  # type: ignore[call-overload]
+        row["QUERY PLAN"]
+        for row in conn.execute("EXPLAIN " + sql, params)  # type: ignore[call-overload]
     )
     assert "Seq Scan on embedding_jobs" not in plan, plan
     # Candidates come only from the status-partial indexes, never the finished rows.

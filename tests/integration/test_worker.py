@@ -110,7 +110,9 @@ def test_resumed_job_does_not_redo_finished_frames(
     run_burst(conn.info.dsn, s3, tiny_embedder)
     rows = support.embeddings(conn, "v2")
     assert len(rows) == 20
-    assert all(row["created_at"] == first[row["frame_id"]] for row in rows if row["frame_id"] in first)
+    assert all(
+        row["created_at"] == first[row["frame_id"]] for row in rows if row["frame_id"] in first
+    )
     job = support.job(conn, second_job)
     assert (job["status"], job["frames_total"], job["frames_done"]) == ("succeeded", 20, 20)
 
@@ -179,7 +181,10 @@ def test_shutdown_event_releases_the_job_without_burning_an_attempt(
 
     config = make_settings(conn.info.dsn, s3, tiny_embedder.model)
     with worker.Worker(
-        config, conn.info.dsn, StopDuringFirstBatch(tiny_embedder), shutdown=stop  # type: ignore[arg-type]
+        config,
+        conn.info.dsn,
+        StopDuringFirstBatch(tiny_embedder),
+        shutdown=stop,  # type: ignore[arg-type]
     ) as loop:
         loop.run()
     job = support.job(conn, job_id)

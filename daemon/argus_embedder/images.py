@@ -1,0 +1,291 @@
+"""Decode frame images and turn them into model-ready pixels (numpy + Pillow only, no torch).
+
+The reference is the checkpoint's Hugging Face image processor fed the decoded image:
+`convert_to_rgb` (transparency composited onto white), a Pillow resize with the checkpoint's
+resample filter, /255, (x - mean) / std. The functions here reproduce that bit for bit up to
+the resize and return uint8 pixels; the embedder does /255 and mean/std on the device, so
+host memory and host-to-device copies carry a quarter of the bytes.
+
+EXIF orientation is applied. The HF image processor itself never looks at EXIF (it receives
+pixels), but every HF path that turns a file into pixels does: `transformers.image_utils.
+load_image` calls `ImageOps.exif_transpose`, and the torchvision/torchcodec loaders apply the
+orientation too. The upright image is also what a person searching for it has seen.
+
+Everything here is thread-safe (no shared mutable state) and Pillow releases the GIL while it
+decodes and resizes, so a thread pool scales across cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+
+import numpy as np
+import numpy.typing as npt
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+from argus_embedder import errors
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+# Formats a frame can plausibly arrive in (multi-picture JPEGs open as JPEG and become MPO).
+# Naming them keeps Pillow from trying its other plugins on untrusted bytes (EPS would start
+# Ghostscript). Loading every plugin now, once, keeps that out of the worker threads and lets
+# us drop what this Pillow build lacks (AVIF is optional).
+Image.init()
+FORMATS = tuple(
+    name for name in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF") if name in Image.OPEN
+)
+
+# JPEG draft mode decodes in the DCT domain at 1/2, 1/4 or 1/8 scale. After the final resize
+# it differs from a full decode by 0.7-1.2 levels RMS (max 4-6) however much margin is left,
+# so it is used only where the embedding parity test (cosine >= 0.9999) was measured to hold.
+# Worst cosine, draft vs full decode, textured JPEGs 1080p/1440p/2160p at q75-95, random
+# weights ("factor" = reduced side / resize target, "1/k" = largest reduction allowed):
+#   B/16 at 224 px: factor 1: 0.99964 (fails); factor 2: 0.99993; factor 3, 1/2: 0.999954
+#   tiny at 64 px:  factor 1: 0.99971 (fails); factor 3, 1/8: 0.99990 (fails);
+#                   factor 3, 1/4: 0.999912; factor 3, 1/2: 0.999916
+# Hence factor 3 and 1/2 at most. For 224 px targets that helps 4K frames only (about 79 ->
+# 54 ms per frame on one core here); 720p and 1080p decode in full, as they must.
+DRAFT_FACTOR = 3
+MAX_DRAFT_REDUCTION = 2
+
+# EXIF orientations 5-8 swap width and height.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+UInt8Array = npt.NDArray[np.uint8]
+Int32Array = npt.NDArray[np.int32]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Patches:
+    """A NaFlex image: uint8 patches padded to `max_num_patches`, a mask and the patch grid."""
+
+    pixels: UInt8Array  # (max_num_patches, patch_size * patch_size * 3), rows (y, x, channel)
+    mask: Int32Array  # (max_num_patches,), 1 for real patches, 0 for padding
+    spatial_shape: tuple[int, int]  # (patch rows, patch columns)
+
+
+def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `data` into an upright RGB image; raise errors.FrameError for anything else.
+
+    The size is checked from the header before any pixel is decoded, so a decompression bomb
+    costs microseconds, not gigabytes.
+    """
+    image = _open(data, max_pixels)
+    return _finish(image, data)
+
+
+def prepare_fixed(
+    data: bytes,
+    size: tuple[int, int],
+    resample: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = True,
+) -> UInt8Array:
+    """Decode and resize for a fixed-resolution checkpoint; `size` is (height, width).
+
+    Returns uint8 HWC pixels equal to `preprocess_fixed(decode(data), size, resample)`, up to
+    the small differences JPEG draft decoding may bring when `draft` is true.
+    """
+    image = _open(data, max_pixels)
+    box = _draft(image, (size[1], size[0])) if draft else None
+    return _resize(_finish(image, data), size, resample, box)
+
+
+def prepare_naflex(
+    data: bytes,
+    patch_size: int,
+    max_num_patches: int,
+    resample: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = True,
+) -> Patches:
+    """Decode, resize to an aspect-preserving patch grid and patchify for a NaFlex checkpoint."""
+    image = _open(data, max_pixels)
+    width, height = _upright_size(image)
+    target = naflex_size(height, width, patch_size, max_num_patches)
+    box = _draft(image, (target[1], target[0])) if draft else None
+    pixels = _resize(_finish(image, data), target, resample, box)
+    return patchify(pixels, patch_size, max_num_patches)
+
+
+def preprocess_fixed(image: Image.Image, size: int | tuple[int, int], resample: int) -> UInt8Array:
+    """Resize an RGB image to `size` (an int for square, or (height, width)); uint8 HWC.
+
+    Equals the HF processor's resized pixels exactly: it round-trips the same uint8 RGB
+    image through numpy and calls the same Pillow resize with no reducing gap.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    return _resize(image, (height, width), resample, None)
+
+
+def preprocess_naflex(
+    image: Image.Image, patch_size: int, max_num_patches: int, resample: int
+) -> Patches:
+    """Resize an RGB image to the largest patch grid within `max_num_patches`, then patchify."""
+    target = naflex_size(image.height, image.width, patch_size, max_num_patches)
+    return patchify(_resize(image, target, resample, None), patch_size, max_num_patches)
+
+
+def naflex_size(height: int, width: int, patch_size: int, max_num_patches: int) -> tuple[int, int]:
+    """(height, width) in pixels, multiples of `patch_size`, as Siglip2ImageProcessor picks them.
+
+    A copy of transformers' `get_image_size_for_max_num_patches`, including its binary search
+    and tolerance, because any other rounding would pick a different grid for some sizes.
+    """
+    eps = 1e-5
+
+    def scaled(scale: float, side: int) -> int:
+        return max(patch_size, math.ceil(side * scale / patch_size) * patch_size)
+
+    scale_min, scale_max = eps / 10, 100.0
+    while (scale_max - scale_min) >= eps:
+        scale = (scale_min + scale_max) / 2
+        patches = (scaled(scale, height) / patch_size) * (scaled(scale, width) / patch_size)
+        if patches <= max_num_patches:
+            scale_min = scale
+        else:
+            scale_max = scale
+    return scaled(scale_min, height), scaled(scale_min, width)
+
+
+def patchify(pixels: UInt8Array, patch_size: int, max_num_patches: int) -> Patches:
+    """Cut HWC pixels into patch rows ordered (y, x, channel) and zero-pad to max_num_patches."""
+    height, width, channels = pixels.shape
+    rows, columns = height // patch_size, width // patch_size
+    grid = pixels.reshape(rows, patch_size, columns, patch_size, channels)
+    patches = grid.transpose(0, 2, 1, 3, 4).reshape(rows * columns, -1)
+    padded = np.zeros((max_num_patches, patches.shape[1]), dtype=np.uint8)
+    padded[: rows * columns] = patches
+    mask = np.zeros((max_num_patches,), dtype=np.int32)
+    mask[: rows * columns] = 1
+    return Patches(pixels=padded, mask=mask, spatial_shape=(rows, columns))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert like transformers' `convert_to_rgb`: transparency is composited onto white.
+
+    Other modes go through Pillow's `convert("RGB")` exactly as HF does, including its
+    16-bit behaviour (mode I;16 values above 255 saturate), so vectors match the reference.
+    """
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image
+    return image.convert("RGB")
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Identify the format and read the header only; refuse what is not a sane image."""
+    if not data:
+        raise errors.FrameError("not an image: empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow's own limit (~89 MP warns, ~179 MP raises) fired while reading the header;
+        # with warnings as errors the warning arrives here as an exception too.
+        raise errors.FrameError(f"image too large: {error}") from None
+    except Exception as error:
+        raise errors.FrameError(f"not an image: {_describe(data, error)}") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise errors.FrameError(f"not an image: {image.format} header says {width}x{height}")
+    if width * height > max_pixels:
+        raise errors.FrameError(
+            f"image too large: {width}x{height} {image.format} "
+            f"({width * height / 1e6:.0f} MP > limit {max_pixels / 1e6:.0f} MP)"
+        )
+    return image
+
+
+def _finish(image: Image.Image, data: bytes) -> Image.Image:
+    """Decode the pixels of the first frame, convert to RGB and apply EXIF orientation."""
+    try:
+        image.load()
+        orientation = _orientation(image)
+        rgb = to_rgb(image)
+        rgb = _transpose(rgb, orientation)
+    except MemoryError:
+        raise
+    except Exception as error:
+        # Anything Pillow raises while decoding these bytes is a property of the bytes
+        # (truncated, corrupt, unsupported variant), so the frame can never succeed.
+        fmt = image.format or "image"
+        raise errors.FrameError(f"corrupt {fmt}: {_describe(data, error)}") from None
+    return rgb
+
+
+def _orientation(image: Image.Image) -> int:
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def _transpose(image: Image.Image, orientation: int) -> Image.Image:
+    """Apply an EXIF orientation to pixels (the same table `ImageOps.exif_transpose` uses)."""
+    method = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation)
+    return image if method is None else image.transpose(method)
+
+
+def _resize(
+    image: Image.Image,
+    size: tuple[int, int],
+    resample: int,
+    box: tuple[float, float, float, float] | None,
+) -> UInt8Array:
+    """Resize to (height, width) with Pillow, as the HF processor does; uint8 HWC."""
+    height, width = size
+    resized = image.resize((width, height), resample=Image.Resampling(resample), box=box)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, read from the header."""
+    width, height = image.size
+    if _orientation(image) in _TRANSPOSING_ORIENTATIONS:
+        return height, width
+    return width, height
+
+
+def _draft(image: Image.Image, target: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """Ask a JPEG decoder for a reduced scale that keeps DRAFT_FACTOR x `target` (w, h) upright.
+
+    Returns the box, in the reduced image, that covers exactly the original image (the
+    reduced size is rounded up), for the final resize; None when nothing was reduced.
+    """
+    # Rotated JPEGs (rare among video frames) decode at full scale: the box would have to be
+    # rotated with the pixels, and exactness there is worth more than speed.
+    if image.format not in ("JPEG", "MPO") or _orientation(image) != 1:
+        return None
+    original = image.size
+    # Pillow picks the largest reduction keeping both sides >= the requested size.
+    request = tuple(
+        max(side * DRAFT_FACTOR, -(-full // MAX_DRAFT_REDUCTION))
+        for side, full in zip(target, original, strict=True)
+    )
+    result = image.draft("RGB", (request[0], request[1]))
+    if result is None or image.size == original:
+        return None
+    return result[1]
+
+
+def _describe(data: bytes, error: Exception) -> str:
+    """One line naming what went wrong, with the first bytes so an HTML error page shows."""
+    head = data[:16]
+    if isinstance(error, UnidentifiedImageError):
+        kind = "markup (HTML/XML?)" if data.lstrip()[:1] == b"<" else "unrecognised format"
+        return f"{kind}, {len(data)} bytes starting {head!r}"
+    return f"{error} ({len(data)} bytes starting {head!r})"

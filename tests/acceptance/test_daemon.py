@@ -1,0 +1,107 @@
+"""Acceptance: real daemons, real PostgreSQL, real S3; NOTIFY, SIGTERM and SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from tests import support
+from tests.acceptance.conftest import Daemon
+from tests.conftest import S3Endpoint, textured_jpeg
+
+
+def upload(
+    s3: S3Endpoint, video_id: str, count: int, size: tuple[int, int] = (160, 90)
+) -> list[str]:
+    return [s3.put(f"{video_id}/{i:05d}.jpg", textured_jpeg(i, size)) for i in range(count)]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_each_frame_embedded_once(
+    conn: psycopg.Connection[Any], video_id: str, count: int
+) -> None:
+    rows = support.embeddings(conn, video_id)
+    assert len(rows) == count
+    assert len({row["frame_id"] for row in rows}) == count
+    assert all(row["embedding"] is not None for row in rows)
+
+
+def test_notify_wakes_an_idle_daemon_within_a_second(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, start_daemon: Callable[..., Daemon]
+) -> None:
+    uris = upload(s3, "notify", 3)
+    daemon = start_daemon(ARGUS_POLL_INTERVAL="60")  # only NOTIFY can wake it in time
+    daemon.wait_ready()
+    assert daemon.get("/livez")[0] == 200
+    status, body = daemon.get("/metrics")
+    assert status == 200 and "argus_embedder_ready 1.0" in body
+
+    support.add_video(conn, "notify", uris, enqueue=False)
+    conn.execute("INSERT INTO argus.embedding_jobs (video_id) VALUES ('notify')")
+    wait_for(lambda: support.job(conn, 1)["started_at"] is not None, 5, "the job to be claimed")
+    job = support.job(conn, 1)
+    latency = (job["started_at"] - job["created_at"]).total_seconds()
+    print(f"NOTIFY → claim latency: {latency * 1000:.0f} ms")
+    assert latency < 1.0
+    wait_for(lambda: support.job(conn, 1)["status"] == "succeeded", 30, "the job to finish")
+
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    _, body = daemon.get("/metrics") if daemon.process.poll() is None else (0, "")
+
+
+def test_sigterm_mid_job_exits_0_and_a_second_daemon_finishes(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, start_daemon: Callable[..., Daemon]
+) -> None:
+    count = 240
+    uris = upload(s3, "long", count, size=(640, 360))
+    job_id = support.add_video(conn, "long", uris)
+    first = start_daemon(ARGUS_BATCH_SIZE="4")
+    wait_for(lambda: support.job(conn, job_id)["frames_done"] >= 8, 90, "progress")
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0, first.log()
+    job = support.job(conn, job_id)
+    assert job["status"] == "queued", first.log()
+    assert job["attempts"] == 0  # the lease was given back without burning an attempt
+    assert 0 < job["frames_done"] < count
+
+    second = start_daemon("--burst", ARGUS_BATCH_SIZE="16")
+    assert second.wait(timeout=180) == 0, second.log()
+    job = support.job(conn, job_id)
+    assert job["status"] == "succeeded"
+    assert (job["frames_total"], job["frames_done"], job["frames_failed"]) == (count, count, 0)
+    assert_each_frame_embedded_once(conn, "long", count)
+
+
+def test_sigkill_mid_job_is_reclaimed_after_lease_expiry(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, start_daemon: Callable[..., Daemon]
+) -> None:
+    count = 240
+    uris = upload(s3, "killed", count, size=(640, 360))
+    job_id = support.add_video(conn, "killed", uris)
+    first = start_daemon(ARGUS_BATCH_SIZE="4", ARGUS_LEASE_SECONDS="3")
+    wait_for(lambda: support.job(conn, job_id)["frames_done"] >= 8, 90, "progress")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    assert support.job(conn, job_id)["status"] == "running"  # nobody released it
+
+    second = start_daemon("--burst", ARGUS_BATCH_SIZE="16", ARGUS_LEASE_SECONDS="3")
+    assert second.wait(timeout=180) == 0, second.log()
+    job = support.job(conn, job_id)
+    assert job["status"] == "succeeded", second.log()
+    assert job["attempts"] == 2
+    assert job["errors"][0]["error"] == "lease expired"
+    assert (job["frames_total"], job["frames_done"]) == (count, count)
+    assert_each_frame_embedded_once(conn, "killed", count)
