@@ -25,10 +25,32 @@ INSERT INTO argus.schema_migrations (version, name) VALUES (%(version)s, %(name)
 SELECT coalesce(max(version), 0) AS version FROM argus.schema_migrations;
 
 -- name: ensure_model_index
-SELECT argus.ensure_model_index(%(model)s, %(dimension)s, %(kind)s) AS index_name;
+SELECT argus.ensure_model_index(%(model)s, %(dimension)s, %(kind)s, %(segment_rows)s)
+    AS partition_name;
 
--- name: model_dimension
-SELECT dimension FROM argus.models WHERE model = %(model)s;
+-- name: model_info
+SELECT model, dimension, index_kind, partition_name, segment_rows
+FROM argus.models WHERE model = %(model)s;
+
+-- name: ensure_segments
+SELECT lower_bound FROM argus.ensure_segments(%(model)s, %(frame_ids)s) AS lower_bound;
+
+-- name: sealed_segments
+SELECT lower_bound FROM argus.sealed_segments(%(model)s, make_interval(secs => %(quiet_seconds)s))
+    AS lower_bound;
+
+-- name: index_segment
+SELECT argus.index_segment(%(model)s, %(lower_bound)s) AS index_name;
+
+-- name: indexer_try_lock
+SELECT pg_try_advisory_lock(hashtext('argus-embedder:indexer')) AS locked;
+
+-- name: indexer_unlock
+SELECT pg_advisory_unlock(hashtext('argus-embedder:indexer')) AS unlocked;
+
+-- name: segment_report
+SELECT s.lower_bound, s.upper_bound, s.index_name, s.indexed_at
+FROM argus.segments s WHERE s.model = %(model)s ORDER BY s.lower_bound;
 
 -- name: enqueue_job
 SELECT argus.enqueue_embedding_job(%(video_id)s, model => %(model)s, priority => %(priority)s) AS id;
@@ -223,7 +245,7 @@ WHERE model = %(model)s AND frame_id = ANY(%(frame_ids)s);
 LISTEN argus_embedding_jobs;
 
 -- name: models
-SELECT model, dimension, index_kind, index_name FROM argus.models ORDER BY model;
+SELECT model, dimension, index_kind, partition_name, segment_rows FROM argus.models ORDER BY model;
 
 -- name: ping
 SELECT 1 AS ok;

@@ -130,22 +130,22 @@ def cmd_migrate(args: argparse.Namespace, config: Settings) -> int:
 
         dimension = embedder.model_dimension(config.model)
         with db.connect(url, autocommit=True) as connection:
-            index = _register_model(connection, config.model, dimension, args.index or "hnsw")
+            index = _register_model(connection, config.model, dimension, args.index)
         print(f"model {config.model}: dimension {dimension}, index {index or 'none'}")
     return 0
 
 
 def _register_model(
-    connection: psycopg.Connection[Any], model: str, dimension: int, kind: str
+    connection: psycopg.Connection[Any], model: str, dimension: int, kind: str | None
 ) -> str | None:
-    try:
-        row = connection.execute(
-            db.queries()["ensure_model_index"],
-            {"model": model, "dimension": dimension, "kind": kind},
-        ).fetchone()
-    except psycopg.errors.InvalidParameterValue as error:
-        raise errors.ConfigError(_line(error)) from error
-    return None if row is None else row["index_name"]
+    """Register the model with index `kind` and build the index of its sealed segments."""
+    from argus_embedder import index
+
+    registered = index.register(connection, model, dimension, kind)
+    built = index.build_sealed(connection, model)
+    if built:
+        print(f"built {len(built)} segment index(es)")
+    return None if registered.index_kind == "none" else registered.index_kind
 
 
 def cmd_run(args: argparse.Namespace, config: Settings) -> int:

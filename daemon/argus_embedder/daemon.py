@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -37,8 +37,6 @@ def run(config: Settings, *, burst: bool = False) -> int:
         with health.serve(config.metrics_port, state) as port:
             # Serve /livez and /metrics during a long first model download too.
             model = _load_model(config, state)
-            with db.connect(url, autocommit=True) as connection:
-                ensure_model(connection, config.model, model.dimension)
             with worker.Worker(config, url, model, shutdown=stop, on_beat=state.beat) as loop:
                 state.set_model_warm()
                 state.beat()
@@ -69,21 +67,6 @@ def _load_model(config: Settings, state: health.HealthState) -> Embedder:
     metrics.set_build_info(__version__, config.model, model.device)
     state.set_detail("device", model.device)
     return model
-
-
-def ensure_model(connection: psycopg.Connection[Any], model: str, dimension: int) -> None:
-    """Register the model (and its default HNSW index) if `migrate --model` has not."""
-    row = connection.execute(db.queries()["model_dimension"], {"model": model}).fetchone()
-    if row is None:
-        connection.execute(
-            db.queries()["ensure_model_index"],
-            {"model": model, "dimension": dimension, "kind": "hnsw"},
-        )
-    elif row["dimension"] != dimension:
-        raise errors.ConfigError(
-            f"model {model} is registered with dimension {row['dimension']}, "
-            f"but the checkpoint gives {dimension}"
-        )
 
 
 def _draining(state: health.HealthState) -> None:

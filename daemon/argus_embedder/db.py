@@ -48,7 +48,15 @@ class Queries:
 
 @functools.cache
 def queries() -> Queries:
-    return Queries(_sql_root().joinpath("queries.sql").read_text(encoding="utf-8"))
+    """sql/queries.sql plus every sql/queries/*.sql, as one set of unique names."""
+    root = _sql_root()
+    texts = [root.joinpath("queries.sql").read_text(encoding="utf-8")]
+    extra = sorted(
+        (entry for entry in root.joinpath("queries").iterdir() if entry.name.endswith(".sql")),
+        key=lambda entry: entry.name,
+    )
+    texts.extend(entry.read_text(encoding="utf-8") for entry in extra)
+    return Queries("\n".join(texts))
 
 
 def _sql_root() -> importlib.resources.abc.Traversable:

@@ -106,11 +106,9 @@ def _hub_reachable() -> bool:
 
 
 def _embed(config: Settings, url: str, total: int) -> None:
-    from argus_embedder import daemon, embedder, worker
+    from argus_embedder import embedder, worker
 
     model = embedder.load_embedder(config.model, config.device, config.batch_size)
-    with db.connect(url, autocommit=True) as connection:
-        daemon.ensure_model(connection, config.model, model.dimension)
     finished = threading.Event()
 
     def watch(bar: progress.Progress) -> None:

@@ -30,14 +30,23 @@ class FrameResult:
 
 @dataclasses.dataclass(frozen=True)
 class JobWrite:
-    """The rows of one batch that belong to one job."""
+    """The rows of one batch that belong to one job; `complete` when they are its last."""
 
     job: Job
     results: Sequence[FrameResult]
+    complete: bool = False
 
     @property
     def failed(self) -> int:
         return sum(1 for result in self.results if result.error is not None)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a write did: jobs whose lease was gone, and jobs it completed."""
+
+    lost: set[int] = dataclasses.field(default_factory=set)
+    completed: set[int] = dataclasses.field(default_factory=set)
 
 
 def write(
@@ -46,14 +55,15 @@ def write(
     *,
     preprocessing: str,
     lease_seconds: float,
-) -> set[int]:
+) -> Outcome:
     """Commit the rows and progress of `writes` in one transaction.
 
     Each job's progress update is fenced by its lease token; rows of a job whose
-    lease is gone (cancelled, reclaimed) are not written. Returns the ids of
-    those lost jobs.
+    lease is gone (cancelled, reclaimed) are not written. A job whose last rows
+    these are is marked succeeded in the same transaction.
     """
-    lost: set[int] = set()
+    outcome = Outcome()
+    lost = outcome.lost
     with connection.transaction():
         held: list[JobWrite] = []
         for job_write in writes:
@@ -71,7 +81,17 @@ def write(
             # insert): those frames are finished either way, so skip them.
             held = _without_existing(connection, held)
             _copy(connection, held, preprocessing)
-    return lost
+        for job_write in held:
+            if job_write.complete and _complete(connection, job_write.job):
+                outcome.completed.add(job_write.job.id)
+    return outcome
+
+
+def _complete(connection: psycopg.Connection[Any], job: Job) -> bool:
+    row = connection.execute(
+        db.queries()["complete_job"], {"job_id": job.id, "lease_token": job.lease_token}
+    ).fetchone()
+    return row is not None
 
 
 def _record_progress(
@@ -129,5 +149,5 @@ def _without_existing(
             job_write.job.id,
             len(job_write.results) - len(kept),
         )
-        trimmed.append(JobWrite(job_write.job, kept))
+        trimmed.append(JobWrite(job_write.job, kept, job_write.complete))
     return trimmed

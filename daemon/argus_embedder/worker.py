@@ -1,12 +1,17 @@
 """The daemon loop: claim → list frames → (download, decode) → embed → fenced write → finish.
 
-Stages overlap: frames of the next batches download and decode in a thread
-pool while the current batch is on the model, and the previous batch is
-written on its own connection. Queues are bounded, so memory stays flat.
+Frames flow as one stream across jobs: when fewer than two batches of frames
+are buffered, the worker claims another job, so small jobs share batches and
+the model never waits at a job boundary. Stages overlap: frames ahead download
+and decode in a thread pool while the current batch is on the model, and the
+previous batch is written on its own connection. Each job keeps its own lease,
+progress and fencing; a job completes in the same transaction as its last rows.
+Everything in flight is bounded, so memory stays flat.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -22,7 +27,7 @@ import numpy.typing as npt
 import psycopg
 import psycopg_pool
 
-from argus_embedder import db, errors, metrics, store
+from argus_embedder import db, errors, index, metrics, store
 from argus_embedder.queue import Frame, Job, Queue
 from argus_embedder.settings import Settings
 from argus_embedder.storage import Storage
@@ -31,12 +36,14 @@ log = logging.getLogger(__name__)
 
 _LISTEN_SLICE = 0.5  # seconds; how quickly an idle loop notices a shutdown request
 _DB_RETRY_MAX = 30.0
+_EMPTY_CLAIM_BACKOFF = 1.0  # seconds before topping up again after an empty claim
 
 
 class EmbedderLike(Protocol):
     """What the worker needs from argus_embedder.embedder.Embedder."""
 
     model: str
+    dimension: int
     batch_size: int
     preprocessing: str
 
@@ -45,12 +52,24 @@ class EmbedderLike(Protocol):
     def embed(self, images: Sequence[Any]) -> npt.NDArray[np.float32]: ...
 
 
-@dataclasses.dataclass
-class _Lease:
-    """A job being processed, and whether the heartbeat found its lease gone."""
+@dataclasses.dataclass(eq=False)
+class _Active:
+    """A claimed job whose frames are in the stream."""
 
     job: Job
+    started: float
+    pending: int  # frames listed and not yet written (or dropped)
     lost: threading.Event = dataclasses.field(default_factory=threading.Event)
+    finished: bool = False  # completed, failed, lost or released: its frames are dropped
+
+
+@dataclasses.dataclass(eq=False)
+class _Item:
+    """One frame in the stream, with its fetch+decode future once submitted."""
+
+    active: _Active
+    frame: Frame
+    future: concurrent.futures.Future[Any] | None = None
 
 
 class Worker:
@@ -77,13 +96,14 @@ class Worker:
         )
         self._on_beat = on_beat
         self._threads = threads or max(4, 4 * (os.cpu_count() or 1))
-        self._leases: dict[int, _Lease] = {}
-        self._leases_lock = threading.Lock()
+        self._active: dict[int, _Active] = {}
+        self._active_lock = threading.Lock()
         self._stack = contextlib.ExitStack()
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._fetchers: concurrent.futures.ThreadPoolExecutor | None = None
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._listener: psycopg.Connection[Any] | None = None
+        self._segments: index.Segments | None = None
         self.jobs_finished = 0
 
     # --- lifetime -------------------------------------------------------------
@@ -99,6 +119,10 @@ class Worker:
         )
         stack.enter_context(self._heartbeat())
         stack.callback(self._close_listener)
+        with self.pool.connection() as connection:
+            # Registers the model (its partition) unless `migrate --model` did.
+            model = index.register(connection, self.embedder.model, self.embedder.dimension)
+        self._segments = index.Segments(model)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -132,125 +156,92 @@ class Worker:
             self._wait_for_work()
 
     def run_once(self) -> bool:
-        """Claim one job and process it to the end. Returns False when none was claimable."""
-        with self.pool.connection() as connection:
-            jobs = self.queue.claim(connection, limit=1)
-        if not jobs:
+        """Claim a job and stream frames until no claimed job is left (topping up with
+        more jobs while frames run low). Returns False when nothing was claimable."""
+        stream: collections.deque[_Item] = collections.deque()
+        if not self._claim_into(stream):
             return False
-        for job in jobs:
-            metrics.JOBS_CLAIMED.inc()
-            metrics.JOB_QUEUE_WAIT.observe(job.queue_wait_seconds)
-            self._process(job)
+        try:
+            self._stream(stream)
+        finally:
+            for item in stream:
+                if item.future is not None:
+                    item.future.cancel()
+            self._settle_unfinished()
         return True
 
     def beat(self) -> None:
         if self._on_beat is not None:
             self._on_beat()
 
-    # --- one job --------------------------------------------------------------
+    # --- the stream -------------------------------------------------------------
 
-    def _process(self, job: Job) -> None:
-        lease = _Lease(job)
-        with self._leases_lock:
-            self._leases[job.id] = lease
-        log.info("job %s: claimed video %r (attempt %d)", job.id, job.video_id, job.attempts)
-        try:
-            outcome = self._embed_job(lease)
-        except errors.LeaseLostError:
-            outcome = "lease_lost"
-        except errors.TransientError as error:
-            outcome = self._fail(job, f"transient: {error}")
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
-            # The database went away mid-job: the lease expires and the job is
-            # reclaimed (that attempt counts), so nothing is lost.
-            raise
-        except Exception as error:  # a job-level fault (model crash, bug): retry with backoff
-            log.exception("job %s: failed", job.id)
-            outcome = self._fail(job, f"{type(error).__name__}: {error}")
-        finally:
-            with self._leases_lock:
-                self._leases.pop(job.id, None)
-        metrics.JOBS_COMPLETED.labels(outcome=outcome).inc()
-        self.jobs_finished += 1
-        log.info("job %s: %s", job.id, outcome)
-
-    def _fail(self, job: Job, error: str) -> str:
-        with self.pool.connection() as connection:
-            status = self.queue.fail(connection, job, error)
-        if status is None:
-            return "lease_lost"
-        return "failed" if status == "failed" else "retried"
-
-    def _embed_job(self, lease: _Lease) -> str:
-        job = lease.job
-        started = time.monotonic()
-        with self.pool.connection() as connection:
-            frames = self.queue.missing_frames(connection, job)
-        if frames is None:
-            raise errors.LeaseLostError(f"job {job.id}: lease lost before start")
+    def _stream(self, stream: collections.deque[_Item]) -> None:
         batch_size = max(1, self.embedder.batch_size)
-        batches = [frames[i : i + batch_size] for i in range(0, len(frames), batch_size)]
-        pending_write: concurrent.futures.Future[set[int]] | None = None
-        released = False
-        for batch, prepared in self._prefetch(batches):
-            if self.shutdown.is_set():
-                released = True
-                break
-            self._check(lease, pending_write)
-            results = self._embed_batch(batch, prepared)
-            self._check(lease, pending_write, final=True)  # one write in flight at most
-            pending_write = self._writers().submit(self._write, job, results)
+        pending: concurrent.futures.Future[store.Outcome] | None = None
+        next_top_up = 0.0
+        while stream and not self.shutdown.is_set():
+            running_low = len(stream) < 2 * batch_size and time.monotonic() >= next_top_up
+            if running_low and not self._claim_into(stream):
+                next_top_up = time.monotonic() + _EMPTY_CLAIM_BACKOFF
+            self._submit_ahead(stream, 3 * batch_size)
+            batch = self._take_batch(stream, batch_size)
+            if not batch:
+                continue
+            results = self._embed_batch(batch)
+            self._settle(pending)  # at most one write in flight
+            pending = self._writers().submit(self._write, results)
             self.beat()
-        self._check(lease, pending_write, final=True)
-        if released:
-            with self.pool.connection() as connection:
-                self.queue.release(connection, job)
-            return "released"
+        self._settle(pending)
+
+    def _claim_into(self, stream: collections.deque[_Item]) -> bool:
+        """Claim one job and append its missing frames; False when none was claimable."""
+        if self.shutdown.is_set():
+            return False
         with self.pool.connection() as connection:
-            duration = self.queue.complete(connection, job)
-        if duration is None:
-            raise errors.LeaseLostError(f"job {job.id}: lease lost at completion")
-        metrics.JOB_DURATION.observe(time.monotonic() - started)
-        metrics.LAST_SUCCESS.set_to_current_time()
-        return "succeeded"
+            jobs = self.queue.claim(connection, limit=1)
+            for job in jobs:
+                metrics.JOBS_CLAIMED.inc()
+                metrics.JOB_QUEUE_WAIT.observe(job.queue_wait_seconds)
+                frames = self.queue.missing_frames(connection, job)
+                if frames is None:
+                    self._finish_outcome(job, "lease_lost")
+                    continue
+                active = _Active(job, time.monotonic(), pending=len(frames))
+                log.info(
+                    "job %s: claimed video %r, %d frame(s) to embed (attempt %d)",
+                    job.id,
+                    job.video_id,
+                    len(frames),
+                    job.attempts,
+                )
+                if not frames:  # everything was embedded already: done
+                    self._complete_empty(connection, active)
+                    continue
+                with self._active_lock:
+                    self._active[job.id] = active
+                stream.extend(_Item(active, frame) for frame in frames)
+        return bool(jobs)
 
-    def _check(
-        self,
-        lease: _Lease,
-        pending_write: concurrent.futures.Future[set[int]] | None,
-        *,
-        final: bool = False,
-    ) -> None:
-        """Raise LeaseLostError if the heartbeat or the last write found the lease gone.
-
-        With `final`, waits for the pending write (so at most one is in flight).
-        """
-        written = pending_write is not None and (final or pending_write.done())
-        if written and pending_write is not None and lease.job.id in pending_write.result():
-            lease.lost.set()
-        if lease.lost.is_set():
-            raise errors.LeaseLostError(f"job {lease.job.id}: lease lost (cancelled or reclaimed)")
-
-    def _prefetch(
-        self, batches: list[list[Frame]]
-    ) -> Iterator[tuple[list[Frame], list[concurrent.futures.Future[Any]]]]:
-        """Yield each batch with its fetch+decode futures, keeping two batches in flight."""
+    def _submit_ahead(self, stream: collections.deque[_Item], ahead: int) -> None:
         assert self._fetchers is not None
-        fetchers = self._fetchers
-        submitted: list[list[concurrent.futures.Future[Any]]] = []
-        ahead = 2
-        try:
-            for index, batch in enumerate(batches):
-                while len(submitted) <= min(index + ahead, len(batches) - 1):
-                    upcoming = batches[len(submitted)]
-                    submitted.append(
-                        [fetchers.submit(self._fetch_and_prepare, frame) for frame in upcoming]
-                    )
-                yield batch, submitted[index]
-        finally:
-            for futures in submitted:
-                for future in futures:
-                    future.cancel()
+        for position, item in enumerate(stream):
+            if position >= ahead:
+                break
+            if item.future is None:
+                item.future = self._fetchers.submit(self._fetch_and_prepare, item.frame)
+
+    def _take_batch(self, stream: collections.deque[_Item], size: int) -> list[_Item]:
+        batch: list[_Item] = []
+        while stream and len(batch) < size:
+            item = stream.popleft()
+            if item.active.finished or item.active.lost.is_set():
+                if item.future is not None:
+                    item.future.cancel()
+                self._drop(item.active)
+                continue
+            batch.append(item)
+        return batch
 
     def _fetch_and_prepare(self, frame: Frame) -> Any:
         """Bytes → model input for one frame; a FrameError is returned, not raised."""
@@ -263,49 +254,171 @@ class Worker:
             metrics.STAGE_DURATION.labels(stage="decode").observe(time.perf_counter() - fetched)
         except errors.FrameError as error:
             return error
+        except errors.TransientError as error:
+            return error
         return prepared
 
-    def _embed_batch(
-        self, batch: list[Frame], prepared: list[concurrent.futures.Future[Any]]
-    ) -> list[store.FrameResult]:
-        outputs = [future.result() for future in prepared]  # re-raises TransientError
-        good = [i for i, output in enumerate(outputs) if not isinstance(output, errors.FrameError)]
-        vectors: npt.NDArray[np.float32] | None = None
-        if good:
-            started = time.perf_counter()
-            vectors = self.embedder.embed([outputs[i] for i in good])
-            metrics.STAGE_DURATION.labels(stage="infer").observe(time.perf_counter() - started)
-            metrics.BATCH_SIZE.observe(len(good))
-        results = []
-        row = 0
-        for frame, output in zip(batch, outputs, strict=True):
-            if isinstance(output, errors.FrameError):
-                results.append(store.FrameResult(frame.id, error=str(output)[:1000]))
-            else:
-                assert vectors is not None
-                results.append(store.FrameResult(frame.id, vector=vectors[row]))
-                row += 1
-        return results
+    def _embed_batch(self, batch: list[_Item]) -> list[store.JobWrite]:
+        """Embed the batch's good frames; returns the rows per job (each job's lease kept)."""
+        outputs: dict[int, Any] = {}
+        for item in batch:
+            assert item.future is not None
+            outputs[id(item)] = item.future.result()
+        self._fail_transient(batch, outputs)
+        live = [item for item in batch if not item.active.finished]
+        good = [item for item in live if not isinstance(outputs[id(item)], errors.ArgusError)]
+        vectors = self._embed_isolating_failures(good, outputs)
+        by_job: dict[int, list[store.FrameResult]] = {}
+        actives: dict[int, _Active] = {}
+        for item in live:
+            if item.active.finished:  # its sub-batch crashed the model: the job was failed
+                continue
+            output = outputs[id(item)]
+            result = (
+                store.FrameResult(item.frame.id, error=str(output)[:1000])
+                if isinstance(output, errors.FrameError)
+                else store.FrameResult(item.frame.id, vector=vectors[id(item)])
+            )
+            by_job.setdefault(item.active.job.id, []).append(result)
+            actives[item.active.job.id] = item.active
+        writes = []
+        for job_id, results in by_job.items():
+            active = actives[job_id]
+            active.pending -= len(results)
+            writes.append(store.JobWrite(active.job, results, complete=active.pending == 0))
+        return writes
 
-    def _writers(self) -> concurrent.futures.ThreadPoolExecutor:
-        assert self._writer is not None
-        return self._writer
+    def _fail_transient(self, batch: list[_Item], outputs: dict[int, Any]) -> None:
+        """A frame that hit a transient fault (after retries) fails its whole job with
+        backoff, never the frame: the job comes back later and resumes."""
+        for item in batch:
+            output = outputs[id(item)]
+            if isinstance(output, errors.TransientError) and not item.active.finished:
+                self._fail_job(item.active, f"transient: {output}")
 
-    def _write(self, job: Job, results: list[store.FrameResult]) -> set[int]:
+    def _embed_isolating_failures(
+        self, good: list[_Item], outputs: dict[int, Any]
+    ) -> dict[int, npt.NDArray[np.float32]]:
+        """Vectors by item; if the batch crashes the model, retry it job by job so one
+        poison job fails alone instead of taking its batch-mates down."""
+        if not good:
+            return {}
+        try:
+            return self._embed(good, outputs)
+        except Exception:
+            if len({item.active.job.id for item in good}) == 1:
+                self._fail_job(good[0].active, _describe_current())
+                return {}
+        vectors: dict[int, npt.NDArray[np.float32]] = {}
+        for job_items in _group_by_job(good):
+            try:
+                vectors.update(self._embed(job_items, outputs))
+            except Exception:
+                self._fail_job(job_items[0].active, _describe_current())
+        return vectors
+
+    def _embed(
+        self, items: list[_Item], outputs: dict[int, Any]
+    ) -> dict[int, npt.NDArray[np.float32]]:
+        started = time.perf_counter()
+        vectors = self.embedder.embed([outputs[id(item)] for item in items])
+        metrics.STAGE_DURATION.labels(stage="infer").observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(items))
+        return {id(item): vectors[row] for row, item in enumerate(items)}
+
+    def _write(self, writes: list[store.JobWrite]) -> store.Outcome:
         started = time.perf_counter()
         with self.pool.connection() as connection:
-            lost = store.write(
+            self._segment_cache().ensure(
+                connection, (result.frame_id for write in writes for result in write.results)
+            )
+            outcome = store.write(
                 connection,
-                [store.JobWrite(job, results)],
+                writes,
                 preprocessing=self.embedder.preprocessing,
                 lease_seconds=self.settings.lease_seconds,
             )
         metrics.STAGE_DURATION.labels(stage="write").observe(time.perf_counter() - started)
-        if job.id not in lost:
-            failed = sum(1 for result in results if result.error is not None)
+        for job_write in writes:
+            if job_write.job.id in outcome.lost:
+                continue
+            failed = job_write.failed
             metrics.FRAMES_PROCESSED.labels(outcome="failed").inc(failed)
-            metrics.FRAMES_PROCESSED.labels(outcome="embedded").inc(len(results) - failed)
-        return lost
+            metrics.FRAMES_PROCESSED.labels(outcome="embedded").inc(len(job_write.results) - failed)
+        return outcome
+
+    def _settle(self, pending: concurrent.futures.Future[store.Outcome] | None) -> None:
+        """Wait for a write and account for it: lost leases, completed jobs."""
+        if pending is None:
+            return
+        outcome = pending.result()
+        for job_id in outcome.lost:
+            active = self._active.get(job_id)
+            if active is not None and not active.finished:
+                active.lost.set()
+                self._finish(active, "lease_lost")
+        for job_id in outcome.completed:
+            active = self._active.get(job_id)
+            if active is not None:
+                metrics.JOB_DURATION.observe(time.monotonic() - active.started)
+                metrics.LAST_SUCCESS.set_to_current_time()
+                self._finish(active, "succeeded")
+
+    def _drop(self, active: _Active) -> None:
+        """A frame of a finished job left the stream; account it so nothing waits on it."""
+        active.pending -= 1
+        if active.lost.is_set() and not active.finished:
+            self._finish(active, "lease_lost")
+
+    # --- job endings ------------------------------------------------------------
+
+    def _complete_empty(self, connection: psycopg.Connection[Any], active: _Active) -> None:
+        duration = self.queue.complete(connection, active.job)
+        self._finish_outcome(active.job, "succeeded" if duration is not None else "lease_lost")
+
+    def _fail_job(self, active: _Active, error: str) -> None:
+        if active.finished:
+            return
+        log.warning("job %s: %s", active.job.id, error)
+        with self.pool.connection() as connection:
+            status = self.queue.fail(connection, active.job, error)
+        outcome = (
+            "lease_lost" if status is None else ("failed" if status == "failed" else "retried")
+        )
+        self._finish(active, outcome)
+
+    def _settle_unfinished(self) -> None:
+        """After the stream: jobs still held are released (shutdown) without an attempt."""
+        with self._active_lock:
+            leftovers = [active for active in self._active.values() if not active.finished]
+        for active in leftovers:
+            try:
+                with self.pool.connection() as connection:
+                    released = self.queue.release(connection, active.job)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
+                # The database is gone: the lease expires and the job is reclaimed.
+                log.warning("job %s: could not release (%s)", active.job.id, _line(error))
+                released = False
+            self._finish(active, "released" if released else "lease_lost")
+
+    def _finish(self, active: _Active, outcome: str) -> None:
+        active.finished = True
+        with self._active_lock:
+            self._active.pop(active.job.id, None)
+        self._finish_outcome(active.job, outcome)
+
+    def _finish_outcome(self, job: Job, outcome: str) -> None:
+        metrics.JOBS_COMPLETED.labels(outcome=outcome).inc()
+        self.jobs_finished += 1
+        log.info("job %s: %s", job.id, outcome)
+
+    def _segment_cache(self) -> index.Segments:
+        assert self._segments is not None
+        return self._segments
+
+    def _writers(self) -> concurrent.futures.ThreadPoolExecutor:
+        assert self._writer is not None
+        return self._writer
 
     # --- heartbeat and wake-ups -----------------------------------------------
 
@@ -324,20 +437,20 @@ class Worker:
 
     def _renew_leases(self, stop: threading.Event) -> None:
         while not stop.wait(self.settings.heartbeat_interval):
-            with self._leases_lock:
-                leases = list(self._leases.values())
-            if not leases:
+            with self._active_lock:
+                actives = [active for active in self._active.values() if not active.finished]
+            if not actives:
                 continue
             try:
                 with self.pool.connection(timeout=self.settings.heartbeat_interval) as connection:
-                    held = self.queue.renew(connection, [lease.job for lease in leases])
+                    held = self.queue.renew(connection, [active.job for active in actives])
             except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
                 log.warning("lease renewal failed: %s", _line(error))
                 continue
-            for lease in leases:
-                if lease.job.id not in held:
-                    log.warning("job %s: lease lost (cancelled or reclaimed)", lease.job.id)
-                    lease.lost.set()
+            for active in actives:
+                if active.job.id not in held:
+                    log.warning("job %s: lease lost (cancelled or reclaimed)", active.job.id)
+                    active.lost.set()
 
     def _wait_for_work(self) -> None:
         """Sleep until a NOTIFY, the poll interval, or shutdown, whichever comes first."""
@@ -372,6 +485,21 @@ class Worker:
             with contextlib.suppress(psycopg.Error):
                 self._listener.close()
         self._listener = None
+
+
+def _group_by_job(items: list[_Item]) -> list[list[_Item]]:
+    groups: dict[int, list[_Item]] = {}
+    for item in items:
+        groups.setdefault(item.active.job.id, []).append(item)
+    return list(groups.values())
+
+
+def _describe_current() -> str:
+    import sys
+
+    error = sys.exc_info()[1]
+    log.exception("embedding failed")
+    return f"{type(error).__name__}: {error}"
 
 
 def _line(error: BaseException) -> str:

@@ -17,6 +17,12 @@ CREATE TABLE argus.frames (
 CREATE INDEX frames_project_idx ON argus.frames (project_id, video_id) WHERE project_id IS NOT NULL;
 
 -- One row per (frame, model). The daemon is the only writer.
+-- Partitioned so the vector index never throttles writes (DESIGN §2): one LIST
+-- partition per model (its vectors share a dimension), each split into RANGE
+-- segments of frame ids. New vectors land in segments without an ANN index
+-- (binary COPY at the unindexed rate); a segment whose frame range is complete
+-- is sealed and gets its index in one bulk build; search merges index scans of
+-- sealed segments with an exact scan of the growing ones.
 CREATE TABLE argus.frame_embeddings (
     frame_id      bigint      NOT NULL REFERENCES argus.frames (id) ON DELETE CASCADE,
     model         text        NOT NULL,
@@ -27,15 +33,28 @@ CREATE TABLE argus.frame_embeddings (
     created_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (frame_id, model),
     CHECK ((embedding IS NULL) <> (error IS NULL))
+) PARTITION BY LIST (model);
+
+-- Models known to this database: dimension (sizes the index cast), index kind,
+-- their partition, and how many frame ids a segment spans.
+CREATE TABLE argus.models (
+    model          text        PRIMARY KEY,
+    dimension      integer     NOT NULL CHECK (dimension BETWEEN 1 AND 4000),
+    index_kind     text        NOT NULL DEFAULT 'hnsw' CHECK (index_kind IN ('hnsw', 'ivfflat', 'none')),
+    partition_name text        NOT NULL,
+    segment_rows   bigint      NOT NULL DEFAULT 1000000 CHECK (segment_rows >= 1),
+    created_at     timestamptz NOT NULL DEFAULT now()
 );
 
--- Models known to this database: the dimension sizes the per-model index cast.
-CREATE TABLE argus.models (
-    model       text        PRIMARY KEY,
-    dimension   integer     NOT NULL CHECK (dimension BETWEEN 1 AND 4000),
-    index_kind  text        NOT NULL DEFAULT 'hnsw' CHECK (index_kind IN ('hnsw', 'ivfflat', 'none')),
-    index_name  text        NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
+CREATE TABLE argus.segments (
+    model          text        NOT NULL REFERENCES argus.models (model) ON DELETE CASCADE,
+    lower_bound    bigint      NOT NULL,
+    upper_bound    bigint      NOT NULL,
+    partition_name text        NOT NULL,
+    index_name     text        NULL,          -- set once the ANN index is built (sealed)
+    indexed_at     timestamptz NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model, lower_bound)
 );
 
 CREATE TABLE argus.embedding_jobs (
@@ -101,74 +120,215 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     RETURNING id;
 $$;
 
--- The daemon's role owns no table: DDL it needs runs through this definer
--- function. Creates (or replaces) the per-model ANN index on the halfvec cast.
-CREATE FUNCTION argus.ensure_model_index(p_model text, p_dimension integer, p_kind text)
-RETURNS text
+-- The daemon's role owns no table: the DDL it needs (partitions, index builds)
+-- runs through these SECURITY DEFINER functions, owned by the schema owner,
+-- with a pinned search_path. Identifiers are derived from md5 of the model
+-- name and quoted with format(%I / %L), so no input reaches SQL unquoted.
+
+-- Register a model: its partition and index kind. Changing the kind drops the
+-- segment indexes; they are rebuilt by argus.index_segment.
+CREATE FUNCTION argus.ensure_model_index(
+    p_model text, p_dimension integer, p_kind text, p_segment_rows bigint DEFAULT NULL
+) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
-    v_name text := 'frame_embeddings_' || left(md5(p_model), 12) || '_' || p_kind;
-    v_old  argus.models%ROWTYPE;
+    v_partition text := 'frame_embeddings_' || left(md5(p_model), 16);
+    v_old       argus.models%ROWTYPE;
+    v_segment   argus.segments%ROWTYPE;
 BEGIN
     IF p_kind NOT IN ('hnsw', 'ivfflat', 'none') THEN
-        RAISE EXCEPTION 'unknown index kind %', p_kind USING ERRCODE = '22023';
+        RAISE EXCEPTION 'unknown index kind % (use hnsw, ivfflat or none)', p_kind
+            USING ERRCODE = '22023';
     END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('argus-embedder:model:' || p_model));
     SELECT * INTO v_old FROM argus.models WHERE model = p_model FOR UPDATE;
     IF FOUND AND v_old.dimension <> p_dimension THEN
         RAISE EXCEPTION 'model % is registered with dimension %, not %',
             p_model, v_old.dimension, p_dimension USING ERRCODE = '22023';
     END IF;
-    IF FOUND AND v_old.index_name IS NOT NULL AND v_old.index_kind <> p_kind THEN
-        EXECUTE format('DROP INDEX IF EXISTS argus.%I', v_old.index_name);
+    IF NOT FOUND THEN
+        EXECUTE format(
+            'CREATE TABLE IF NOT EXISTS argus.%I PARTITION OF argus.frame_embeddings '
+            'FOR VALUES IN (%L) PARTITION BY RANGE (frame_id)', v_partition, p_model);
+        INSERT INTO argus.models (model, dimension, index_kind, partition_name, segment_rows)
+        VALUES (p_model, p_dimension, p_kind, v_partition, coalesce(p_segment_rows, 1000000));
+        RETURN v_partition;
     END IF;
-    IF p_kind = 'hnsw' THEN
+    IF v_old.index_kind <> p_kind THEN
+        FOR v_segment IN SELECT * FROM argus.segments
+                         WHERE model = p_model AND index_name IS NOT NULL LOOP
+            EXECUTE format('DROP INDEX IF EXISTS argus.%I', v_segment.index_name);
+        END LOOP;
+        UPDATE argus.segments SET index_name = NULL, indexed_at = NULL WHERE model = p_model;
+    END IF;
+    UPDATE argus.models
+    SET index_kind = p_kind, segment_rows = coalesce(p_segment_rows, segment_rows)
+    WHERE model = p_model;
+    RETURN v_old.partition_name;
+END;
+$$;
+
+-- Make sure the segments holding these frame ids exist (called before a write,
+-- in its own short transaction, only for segments the worker has not seen).
+CREATE FUNCTION argus.ensure_segments(p_model text, p_frame_ids bigint[])
+RETURNS SETOF bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_model argus.models%ROWTYPE;
+    v_lower bigint;
+    v_name  text;
+BEGIN
+    SELECT * INTO v_model FROM argus.models WHERE model = p_model;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model % is not registered (run migrate --model)', p_model
+            USING ERRCODE = 'P0002';
+    END IF;
+    FOR v_lower IN SELECT DISTINCT (id / v_model.segment_rows) * v_model.segment_rows
+                   FROM unnest(p_frame_ids) AS id LOOP
+        IF NOT EXISTS (SELECT 1 FROM argus.segments
+                       WHERE model = p_model AND lower_bound = v_lower) THEN
+            PERFORM pg_advisory_xact_lock(hashtext('argus-embedder:model:' || p_model));
+            IF NOT EXISTS (SELECT 1 FROM argus.segments
+                           WHERE model = p_model AND lower_bound = v_lower) THEN
+                v_name := v_model.partition_name || '_' || v_lower;
+                EXECUTE format(
+                    'CREATE TABLE argus.%I PARTITION OF argus.%I FOR VALUES FROM (%s) TO (%s)',
+                    v_name, v_model.partition_name, v_lower, v_lower + v_model.segment_rows);
+                INSERT INTO argus.segments (model, lower_bound, upper_bound, partition_name)
+                VALUES (p_model, v_lower, v_lower + v_model.segment_rows, v_name);
+            END IF;
+        END IF;
+        RETURN NEXT v_lower;
+    END LOOP;
+END;
+$$;
+
+-- Segments ready for their bulk index build: the frame-id range is fully
+-- allocated, and every frame in it has a row for the model (or nothing was
+-- written there for p_quiet, so a stuck frame cannot keep a segment unindexed).
+CREATE FUNCTION argus.sealed_segments(p_model text, p_quiet interval)
+RETURNS SETOF bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_segment argus.segments%ROWTYPE;
+    v_next_id bigint := (SELECT coalesce(max(id), 0) + 1 FROM argus.frames);
+    v_frames  bigint;
+    v_rows    bigint;
+    v_newest  timestamptz;
+BEGIN
+    IF (SELECT index_kind FROM argus.models WHERE model = p_model) IS DISTINCT FROM 'none' THEN
+        FOR v_segment IN SELECT * FROM argus.segments
+                         WHERE model = p_model AND index_name IS NULL
+                           AND upper_bound <= v_next_id ORDER BY lower_bound LOOP
+            SELECT count(*) INTO v_frames FROM argus.frames
+            WHERE id >= v_segment.lower_bound AND id < v_segment.upper_bound;
+            EXECUTE format('SELECT count(*), max(created_at) FROM argus.%I',
+                           v_segment.partition_name) INTO v_rows, v_newest;
+            IF v_rows >= v_frames OR v_newest < now() - p_quiet THEN
+                RETURN NEXT v_segment.lower_bound;
+            END IF;
+        END LOOP;
+    END IF;
+END;
+$$;
+
+-- Bulk-build one segment's ANN index (one builder at a time: the caller holds
+-- the indexer advisory lock). Writes to a sealed segment are rare stragglers.
+CREATE FUNCTION argus.index_segment(p_model text, p_lower bigint)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+SET maintenance_work_mem = '512MB' AS $$
+DECLARE
+    v_model   argus.models%ROWTYPE;
+    v_segment argus.segments%ROWTYPE;
+    v_name    text;
+    v_rows    bigint;
+BEGIN
+    SELECT * INTO v_model FROM argus.models WHERE model = p_model;
+    SELECT * INTO v_segment FROM argus.segments
+    WHERE model = p_model AND lower_bound = p_lower FOR UPDATE;
+    IF NOT FOUND OR v_model.index_kind = 'none' THEN
+        RETURN NULL;
+    END IF;
+    IF v_segment.index_name IS NOT NULL THEN
+        RETURN v_segment.index_name;
+    END IF;
+    v_name := v_segment.partition_name || '_' || v_model.index_kind;
+    IF v_model.index_kind = 'hnsw' THEN
         EXECUTE format(
-            'CREATE INDEX IF NOT EXISTS %I ON argus.frame_embeddings '
-            'USING hnsw ((embedding::halfvec(%s)) halfvec_cosine_ops) WHERE model = %L',
-            v_name, p_dimension, p_model);
-    ELSIF p_kind = 'ivfflat' THEN
-        EXECUTE format(
-            'CREATE INDEX IF NOT EXISTS %I ON argus.frame_embeddings '
-            'USING ivfflat ((embedding::halfvec(%s)) halfvec_cosine_ops) WITH (lists = 100) '
-            'WHERE model = %L',
-            v_name, p_dimension, p_model);
+            'CREATE INDEX IF NOT EXISTS %I ON argus.%I '
+            'USING hnsw ((embedding::halfvec(%s)) halfvec_cosine_ops)',
+            v_name, v_segment.partition_name, v_model.dimension);
     ELSE
-        v_name := NULL;
+        EXECUTE format('SELECT count(*) FROM argus.%I', v_segment.partition_name) INTO v_rows;
+        EXECUTE format(
+            'CREATE INDEX IF NOT EXISTS %I ON argus.%I '
+            'USING ivfflat ((embedding::halfvec(%s)) halfvec_cosine_ops) WITH (lists = %s)',
+            v_name, v_segment.partition_name, v_model.dimension,
+            greatest(1, least(4000, v_rows / 1000)));
     END IF;
-    INSERT INTO argus.models AS m (model, dimension, index_kind, index_name)
-    VALUES (p_model, p_dimension, p_kind, v_name)
-    ON CONFLICT (model) DO UPDATE SET index_kind = excluded.index_kind,
-                                      index_name = excluded.index_name;
+    EXECUTE format('ANALYZE argus.%I', v_segment.partition_name);
+    UPDATE argus.segments SET index_name = v_name, indexed_at = now()
+    WHERE model = p_model AND lower_bound = p_lower;
     RETURN v_name;
 END;
 $$;
 
--- Ranked search for one model; the dimension (a type modifier, so not a bind
--- parameter) comes from argus.models, and the expression matches the index.
+-- Ranked search for one model: the ANN indexes of sealed segments merged with
+-- an exact scan of the segments not indexed yet, so a committed vector is
+-- found at once. Iterative index scans keep filtered searches returning
+-- p_limit rows. The dimension is a type modifier (not a bind parameter), so
+-- the statement is built with format() from the registered model.
 CREATE FUNCTION argus.search_frames(
     p_model text, p_query vector, p_limit integer,
     p_video_id text DEFAULT NULL, p_project_id text DEFAULT NULL
 ) RETURNS TABLE (frame_id bigint, video_id text, frame_index integer,
                  timestamp_ms bigint, image_uri text, score double precision)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, public, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
-    v_dimension integer;
+    v_model argus.models%ROWTYPE;
 BEGIN
-    SELECT m.dimension INTO v_dimension FROM argus.models m WHERE m.model = p_model;
+    SELECT * INTO v_model FROM argus.models m WHERE m.model = p_model;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model % has no embeddings in this database', p_model
             USING ERRCODE = 'P0002';
     END IF;
+    PERFORM set_config('hnsw.ef_search', greatest(100, 2 * p_limit)::text, true);
+    PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
+    PERFORM set_config('ivfflat.probes', '10', true);
+    PERFORM set_config('ivfflat.iterative_scan', 'relaxed_order', true);
     RETURN QUERY EXECUTE format(
+        'WITH candidates AS MATERIALIZED ( '
+        '  SELECT e.frame_id, e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s) AS distance '
+        '  FROM argus.frame_embeddings e JOIN argus.frames f ON f.id = e.frame_id '
+        '  WHERE e.model = $2 AND e.embedding IS NOT NULL '
+        '    AND ($3::text IS NULL OR f.video_id = $3) '
+        '    AND ($4::text IS NULL OR f.project_id = $4) '
+        '  ORDER BY e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s) '
+        '  LIMIT $5 * 2) '
         'SELECT f.id, f.video_id, f.frame_index, f.timestamp_ms, f.image_uri, '
-        '       1 - (e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s))::double precision '
-        'FROM argus.frame_embeddings e JOIN argus.frames f ON f.id = e.frame_id '
-        'WHERE e.model = $2 AND e.embedding IS NOT NULL '
-        '  AND ($3::text IS NULL OR f.video_id = $3) '
-        '  AND ($4::text IS NULL OR f.project_id = $4) '
-        'ORDER BY e.embedding::halfvec(%1$s) <=> $1::halfvec(%1$s) '
-        'LIMIT $5', v_dimension)
+        '       1 - c.distance::double precision '
+        'FROM candidates c JOIN argus.frames f ON f.id = c.frame_id '
+        'ORDER BY c.distance, f.id LIMIT $5', v_model.dimension)
     USING p_query, p_model, p_video_id, p_project_id, p_limit;
+END;
+$$;
+
+-- Remove a model's vectors and registration (prune): its partition goes at once.
+CREATE FUNCTION argus.drop_model(p_model text)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_model argus.models%ROWTYPE;
+BEGIN
+    SELECT * INTO v_model FROM argus.models WHERE model = p_model FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('DROP TABLE IF EXISTS argus.%I', v_model.partition_name);
+    DELETE FROM argus.models WHERE model = p_model;
+    RETURN true;
 END;
 $$;
 
@@ -192,12 +352,16 @@ GRANT USAGE ON SCHEMA argus TO argus_frame_stage, argus_worker, argus_reader;
 GRANT INSERT ON argus.frames, argus.embedding_jobs TO argus_frame_stage;
 GRANT EXECUTE ON FUNCTION argus.enqueue_embedding_job(text, text, integer) TO argus_frame_stage, argus_worker;
 
-GRANT SELECT ON argus.frames, argus.models TO argus_worker;
+GRANT SELECT ON argus.frames, argus.models, argus.segments TO argus_worker;
 GRANT SELECT, INSERT ON argus.frame_embeddings TO argus_worker;
 GRANT SELECT, INSERT, UPDATE ON argus.embedding_jobs TO argus_worker;
-GRANT EXECUTE ON FUNCTION argus.ensure_model_index(text, integer, text) TO argus_worker;
+GRANT EXECUTE ON FUNCTION argus.ensure_model_index(text, integer, text, bigint),
+                          argus.ensure_segments(text, bigint[]),
+                          argus.sealed_segments(text, interval),
+                          argus.index_segment(text, bigint) TO argus_worker;
 GRANT EXECUTE ON FUNCTION argus.search_frames(text, vector, integer, text, text) TO argus_worker, argus_reader;
 
-GRANT SELECT ON argus.frames, argus.frame_embeddings, argus.embedding_jobs, argus.models TO argus_reader;
+GRANT SELECT ON argus.frames, argus.frame_embeddings, argus.embedding_jobs, argus.models,
+                argus.segments TO argus_reader;
 
 GRANT SELECT ON argus.schema_migrations TO argus_frame_stage, argus_worker, argus_reader;

@@ -118,7 +118,7 @@ def test_cuda_device_without_gpu_exits_78(database_url: str, tiny_siglip_dir: Pa
     assert "cuda" in result.stderr.lower()
 
 
-def test_migrate_is_idempotent_and_creates_the_model_index(
+def test_migrate_is_idempotent_and_registers_the_model(
     empty_database_url: str,
     tiny_siglip_dir: Path,
     capsys: pytest.CaptureFixture[str],
@@ -126,18 +126,24 @@ def test_migrate_is_idempotent_and_creates_the_model_index(
 ) -> None:
     monkeypatch.setenv("ARGUS_DATABASE_URL", empty_database_url)
     assert cli.main(["migrate"]) == 0
-    assert cli.main(["migrate", "--model", str(tiny_siglip_dir), "--index", "hnsw"]) == 0
-    assert cli.main(["migrate", "--model", str(tiny_siglip_dir), "--index", "hnsw"]) == 0
+    assert cli.main(["migrate", "--model", str(tiny_siglip_dir), "--index", "ivfflat"]) == 0
+    assert cli.main(["migrate", "--model", str(tiny_siglip_dir)]) == 0  # keeps the kind
     out = capsys.readouterr().out
     assert "dimension 32" in out
     with psycopg.connect(empty_database_url) as connection:
-        definition = connection.execute(
-            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'argus' "
-            "AND indexdef LIKE '%%hnsw%%'"
+        row = connection.execute(
+            "SELECT dimension, index_kind, partition_name FROM argus.models WHERE model = %s",
+            (str(tiny_siglip_dir),),
         ).fetchone()
-    assert definition is not None
-    assert "halfvec(32)" in definition[0]
-    assert str(tiny_siglip_dir) in definition[0]
+        assert row is not None and row[:2] == (32, "ivfflat")
+        partition = connection.execute(
+            "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_class c WHERE c.relname = %s",
+            (row[2],),
+        ).fetchone()
+    assert partition is not None and str(tiny_siglip_dir) in partition[0]
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses an unknown kind
+        cli.main(["migrate", "--model", str(tiny_siglip_dir), "--index", "btree"])
+    assert exit_info.value.code == 2
 
 
 def test_concurrent_migrations_are_serialized(empty_database_url: str) -> None:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from argus_embedder import daemon, db, embedder, settings, worker
+from argus_embedder import embedder, settings, worker
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 
@@ -44,8 +44,6 @@ def run_burst(
     database_url: str, s3: S3Endpoint, model: embedder.Embedder, **extra: Any
 ) -> worker.Worker:
     config = make_settings(database_url, s3, model.model, **extra)
-    with db.connect(database_url, autocommit=True) as connection:
-        daemon.ensure_model(connection, model.model, model.dimension)
     with worker.Worker(config, database_url, model) as loop:
         loop.run(burst=True)
     return loop
@@ -130,6 +128,7 @@ def test_cancel_stops_a_running_job_at_its_next_batch(
         def __init__(self, inner: embedder.Embedder) -> None:
             self.inner = inner
             self.model, self.batch_size = inner.model, inner.batch_size
+            self.dimension = inner.dimension
             self.preprocessing = inner.preprocessing
             self.calls = 0
 
@@ -170,6 +169,7 @@ def test_shutdown_event_releases_the_job_without_burning_an_attempt(
         def __init__(self, inner: embedder.Embedder) -> None:
             self.inner = inner
             self.model, self.batch_size = inner.model, inner.batch_size
+            self.dimension = inner.dimension
             self.preprocessing = inner.preprocessing
 
         def prepare(self, data: bytes) -> Any:

@@ -1,0 +1,172 @@
+"""The per-model vector index: registration, segments, and bulk builds of sealed segments.
+
+Each model's vectors live in their own partition of argus.frame_embeddings,
+split into segments of `segment_rows` frame ids. Writes land in segments with
+no ANN index (so they run at the unindexed COPY rate); once a segment's frame
+range is complete it is sealed and its index is built in one bulk pass, by one
+daemon at a time. `search` merges the ANN scans of sealed segments with an
+exact scan of the rest, so a committed vector is searchable at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import psycopg
+
+from argus_embedder import db, errors
+
+log = logging.getLogger(__name__)
+
+KINDS = ("hnsw", "ivfflat", "none")
+DEFAULT_KIND = "hnsw"
+CHECK_SECONDS = 30.0  # how often a daemon looks for sealed segments to index
+QUIET_SECONDS = 600.0  # a complete-range segment with no writes this long seals anyway
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    dimension: int
+    index_kind: str
+    partition_name: str
+    segment_rows: int
+
+
+def info(connection: psycopg.Connection[Any], model: str) -> ModelInfo | None:
+    row = connection.execute(db.queries()["model_info"], {"model": model}).fetchone()
+    return None if row is None else ModelInfo(**row)
+
+
+def register(
+    connection: psycopg.Connection[Any],
+    model: str,
+    dimension: int,
+    kind: str | None = None,
+    *,
+    segment_rows: int | None = None,
+) -> ModelInfo:
+    """Register `model` (its partition) or change its index kind; idempotent.
+
+    `kind=None` keeps a registered model's kind (new models get hnsw).
+    """
+    current = info(connection, model)
+    if current is not None and current.dimension != dimension:
+        raise errors.ConfigError(
+            f"model {model} is registered with dimension {current.dimension}, "
+            f"but the checkpoint gives {dimension}"
+        )
+    wanted = kind or (current.index_kind if current else DEFAULT_KIND)
+    if current is None or wanted != current.index_kind or segment_rows is not None:
+        try:
+            with connection.transaction():
+                connection.execute(
+                    db.queries()["ensure_model_index"],
+                    {
+                        "model": model,
+                        "dimension": dimension,
+                        "kind": wanted,
+                        "segment_rows": segment_rows,
+                    },
+                )
+        except psycopg.errors.InvalidParameterValue as error:
+            raise errors.ConfigError(str(error).splitlines()[0]) from error
+    registered = info(connection, model)
+    assert registered is not None
+    return registered
+
+
+class Segments:
+    """Creates the segments a batch writes into, once per segment per process."""
+
+    def __init__(self, model: ModelInfo) -> None:
+        self.model = model
+        self._known: set[int] = set()
+        self._lock = threading.Lock()
+
+    def ensure(self, connection: psycopg.Connection[Any], frame_ids: Iterable[int]) -> None:
+        rows = self.model.segment_rows
+        with self._lock:
+            missing = {
+                frame_id for frame_id in frame_ids if frame_id // rows * rows not in self._known
+            }
+        if not missing:
+            return
+        # Own short transaction: creating a partition locks the model's partition,
+        # which must not be held across a batch's COPY.
+        with connection.transaction():
+            created = connection.execute(
+                db.queries()["ensure_segments"],
+                {"model": self.model.model, "frame_ids": sorted(missing)},
+            ).fetchall()
+        with self._lock:
+            self._known.update(row["lower_bound"] for row in created)
+
+
+def build_sealed(
+    connection: psycopg.Connection[Any], model: str, *, quiet_seconds: float = QUIET_SECONDS
+) -> list[str]:
+    """Bulk-build the index of every sealed, unindexed segment of `model`.
+
+    One builder in the fleet at a time (session advisory lock); returns the
+    indexes built here ([] if another daemon holds the lock).
+    """
+    q = db.queries()
+    row = connection.execute(q["indexer_try_lock"]).fetchone()
+    if not (row and row["locked"]):
+        return []
+    built: list[str] = []
+    try:
+        sealed = connection.execute(
+            q["sealed_segments"], {"model": model, "quiet_seconds": quiet_seconds}
+        ).fetchall()
+        for segment in sealed:
+            started = time.monotonic()
+            with connection.transaction():
+                result = connection.execute(
+                    q["index_segment"], {"model": model, "lower_bound": segment["lower_bound"]}
+                ).fetchone()
+            if result and result["index_name"]:
+                built.append(result["index_name"])
+                log.info(
+                    "indexed segment %s of %s in %.1fs",
+                    segment["lower_bound"],
+                    model,
+                    time.monotonic() - started,
+                )
+    finally:
+        connection.execute(q["indexer_unlock"])
+        if not connection.autocommit:
+            connection.commit()
+    return built
+
+
+@contextlib.contextmanager
+def indexer(
+    url: str, model: str, stop: threading.Event, *, interval: float = CHECK_SECONDS
+) -> Iterator[threading.Thread]:
+    """Run build_sealed for `model` every `interval` seconds in a background thread."""
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                with db.connect(url, autocommit=True) as connection:
+                    build_sealed(connection, model)
+            except (psycopg.Error, errors.ArgusError) as error:
+                log.warning(
+                    "segment indexer: %s", str(error).splitlines()[0] if str(error) else error
+                )
+
+    thread = threading.Thread(target=loop, name="argus-indexer", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(timeout=5)

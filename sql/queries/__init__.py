@@ -1,0 +1,1 @@
+"""More named SQL blocks, one file per area; loaded with sql/queries.sql."""
