@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from argus_embedder import __version__, db, errors, health, metrics, sdnotify, shutdown
+from argus_embedder import __version__, db, errors, health, index, metrics, sdnotify, shutdown
 from argus_embedder.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,7 +37,10 @@ def run(config: Settings, *, burst: bool = False) -> int:
         with health.serve(config.metrics_port, state) as port:
             # Serve /livez and /metrics during a long first model download too.
             model = _load_model(config, state)
-            with worker.Worker(config, url, model, shutdown=stop, on_beat=state.beat) as loop:
+            with (
+                worker.Worker(config, url, model, shutdown=stop, on_beat=state.beat) as loop,
+                index.indexer(url, config.model, stop),  # bulk-builds sealed segments
+            ):
                 state.set_model_warm()
                 state.beat()
                 log.info(

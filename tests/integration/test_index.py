@@ -1,0 +1,175 @@
+"""The segmented vector index: writes stay unindexed, sealed segments get a bulk index,
+search merges ANN scans with an exact scan of what is not indexed yet."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from argus_embedder import index, queue, search, store
+from tests import support
+
+MODEL = "test/clustered"
+DIMENSION = 64
+
+
+def clustered(count: int, *, seed: int = 0, clusters: int = 20) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, DIMENSION))
+    points = centres[rng.integers(0, clusters, count)] + 0.3 * rng.normal(size=(count, DIMENSION))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return points.astype(np.float32)
+
+
+def fake_job(model: str = MODEL) -> queue.Job:
+    return queue.Job(0, "v", model, 1, 5, uuid.uuid4(), 0, 0, 0, 0.0)
+
+
+def write_vectors(
+    conn: psycopg.Connection[Any], model: index.ModelInfo, frame_ids: list[int], vectors: np.ndarray
+) -> None:
+    """Rows straight through the store's COPY (no job: the fence needs none here)."""
+    index.Segments(model).ensure(conn, frame_ids)
+    with conn.transaction():
+        store._copy(
+            conn,
+            [
+                store.JobWrite(
+                    fake_job(model.model),
+                    [
+                        store.FrameResult(f, vector=v)
+                        for f, v in zip(frame_ids, vectors, strict=True)
+                    ],
+                )
+            ],
+            "test",
+        )
+
+
+def add_frames(conn: psycopg.Connection[Any], count: int, video: str = "v") -> list[int]:
+    support.add_video(conn, video, [f"s3://b/{video}/{i}" for i in range(count)], enqueue=False)
+    return [
+        row["id"]
+        for row in conn.execute(
+            "SELECT id FROM argus.frames WHERE video_id = %s ORDER BY id", (video,)
+        )
+    ]
+
+
+def plan(conn: psycopg.Connection[Any], model: index.ModelInfo, query: np.ndarray) -> str:
+    rows = conn.execute(
+        f"EXPLAIN SELECT frame_id FROM argus.frame_embeddings WHERE model = %s "
+        f"ORDER BY embedding::halfvec({DIMENSION}) <=> %s::halfvec({DIMENSION}) LIMIT 10",
+        (model.model, query),
+    )
+    return "\n".join(row["QUERY PLAN"] for row in rows)
+
+
+def test_sealed_segments_get_a_bulk_index_and_search_sees_everything(
+    conn: psycopg.Connection[Any],
+) -> None:
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=3000)
+    frame_ids = add_frames(conn, 7000)  # ids 1..7000: segments [0,3k) [3k,6k) [6k,9k)
+    vectors = clustered(7000)
+    write_vectors(conn, model, frame_ids, vectors)
+
+    built = index.build_sealed(conn, MODEL)
+    assert len(built) == 2  # the third segment's frame range is still open
+    assert index.build_sealed(conn, MODEL) == []  # idempotent
+    report = conn.execute(
+        "SELECT lower_bound, index_name IS NOT NULL AS indexed FROM argus.segments "
+        "WHERE model = %s ORDER BY lower_bound",
+        (MODEL,),
+    ).fetchall()
+    assert [(r["lower_bound"], r["indexed"]) for r in report] == [
+        (0, True),
+        (3000, True),
+        (6000, False),
+    ]
+
+    explained = plan(conn, model, vectors[0])
+    assert explained.count("Index Scan using") == 2, explained
+    assert "Seq Scan" in explained  # the growing segment is scanned exactly
+
+    # A vector committed into the growing segment is found at once.
+    fresh = add_frames(conn, 1, video="late")
+    write_vectors(conn, model, fresh, vectors[7:8])
+    hits = search.search(conn, MODEL, vectors[7], limit=2)
+    assert {hit.frame_id for hit in hits} == {frame_ids[7], fresh[0]}
+    assert hits[0].score == pytest.approx(1.0, abs=2e-3)
+
+
+def test_filters_still_return_the_limit_through_iterative_scans(
+    conn: psycopg.Connection[Any],
+) -> None:
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=300)
+    ids = []
+    for video in range(20):
+        ids += add_frames(conn, 30, video=f"video-{video}")
+    vectors = clustered(len(ids), seed=1)
+    write_vectors(conn, model, ids, vectors)
+    assert index.build_sealed(conn, MODEL)
+    hits = search.search(conn, MODEL, vectors[0], limit=25, video_id="video-13")
+    assert len(hits) == 25
+    assert {hit.video_id for hit in hits} == {"video-13"}
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfflat"])
+def test_recall_at_10_against_exact_search(conn: psycopg.Connection[Any], kind: str) -> None:
+    model = index.register(conn, MODEL, DIMENSION, kind, segment_rows=2000)
+    ids = add_frames(conn, 5000)
+    vectors = clustered(5000, seed=2)
+    write_vectors(conn, model, ids, vectors)
+    assert len(index.build_sealed(conn, MODEL)) == 2  # 4000 indexed, 1000 exact
+    rng = np.random.default_rng(3)
+    recalls = []
+    for query_row in rng.integers(0, 5000, 20):
+        query = vectors[query_row] + 0.05 * rng.normal(size=DIMENSION).astype(np.float32)
+        query /= np.linalg.norm(query)
+        exact = {ids[i] for i in np.argsort(-(vectors @ query))[:10]}
+        found = {hit.frame_id for hit in search.search(conn, MODEL, query, limit=10)}
+        recalls.append(len(exact & found) / 10)
+    print(f"{kind} recall@10 = {np.mean(recalls):.3f}")
+    assert np.mean(recalls) >= 0.95
+
+
+def test_changing_the_kind_rebuilds_and_none_drops(conn: psycopg.Connection[Any]) -> None:
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
+    ids = add_frames(conn, 250)
+    write_vectors(conn, model, ids, clustered(250))
+    assert len(index.build_sealed(conn, MODEL)) == 2
+    index.register(conn, MODEL, DIMENSION, "ivfflat")
+    built = index.build_sealed(conn, MODEL)
+    assert len(built) == 2 and all(name.endswith("_ivfflat") for name in built)
+    index.register(conn, MODEL, DIMENSION, "none")
+    assert index.build_sealed(conn, MODEL) == []
+    left = conn.execute(
+        "SELECT count(*) AS n FROM pg_indexes WHERE schemaname = 'argus' "
+        "AND (indexdef LIKE '%%hnsw%%' OR indexdef LIKE '%%ivfflat%%')"
+    ).fetchone()
+    assert left["n"] == 0
+
+
+def test_dimension_mismatch_is_a_config_error(conn: psycopg.Connection[Any]) -> None:
+    from argus_embedder import errors
+
+    index.register(conn, MODEL, DIMENSION)
+    with pytest.raises(errors.ConfigError, match="dimension"):
+        index.register(conn, MODEL, DIMENSION + 1)
+
+
+def test_one_indexer_at_a_time(database_url: str, conn: psycopg.Connection[Any]) -> None:
+    from argus_embedder import db
+
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
+    ids = add_frames(conn, 150)
+    write_vectors(conn, model, ids, clustered(150))
+    with db.connect(database_url, autocommit=True) as other:
+        other.execute(db.queries()["indexer_try_lock"])
+        assert index.build_sealed(conn, MODEL) == []  # someone else is building
+        other.execute(db.queries()["indexer_unlock"])
+    assert len(index.build_sealed(conn, MODEL)) == 1
