@@ -37,6 +37,8 @@ QUERY = "a red car on a road"
 def run(config: Settings) -> int:
     """Embed a few dozen sample frames in two videos, show status, then search."""
     out = sys.stdout
+    if logging.getLogger().level > logging.DEBUG:  # a progress bar says it better
+        logging.getLogger("argus_embedder").setLevel(logging.WARNING)
     data_dir = db.embedded_data_dir()
     print(f"demo: embedded PostgreSQL 18 + pgvector in {data_dir}", file=out)
     admin_url = db.embedded_url(data_dir, quiet=True)

@@ -315,7 +315,7 @@ def load_text_encoder(model: str, device: str = "auto") -> TextEncoder:
     # float32 even on CUDA: queries are few, and their vectors decide the ranking.
     text = _load_weights(text_class, model, torch.float32).to(torch_device).eval()
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = transformers.AutoTokenizer.from_pretrained(model)
     except Exception as error:
         raise errors.ConfigError(
@@ -399,7 +399,7 @@ def _load_config(model: str) -> Any:
     if is_path and not Path(model).expanduser().is_dir():
         raise errors.ConfigError(f"model {model!r} is not loadable: no such directory")
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return transformers.AutoConfig.from_pretrained(model)
     except Exception as error:
         raise errors.ConfigError(f"model {model!r} is not loadable: {_line(error)}") from None
@@ -422,7 +422,7 @@ def _vision_config(config: Any) -> Any:
 def _load_weights(model_class: Any, model: str, dtype: torch.dtype) -> torch.nn.Module:
     """One tower's weights from a full or single-tower checkpoint; ConfigError if incomplete."""
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tower, info = model_class.from_pretrained(model, dtype=dtype, output_loading_info=True)
     except Exception as error:
         raise errors.ConfigError(f"model {model!r}: weights not loadable: {_line(error)}") from None
@@ -440,7 +440,7 @@ def _load_weights(model_class: Any, model: str, dtype: torch.dtype) -> torch.nn.
 def _load_recipe(model: str, family: Family) -> Recipe:
     """Read the checkpoint's image processor settings into a Recipe we can reproduce."""
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             auto_processor: Any = transformers.AutoImageProcessor  # untyped upstream
             processor = auto_processor.from_pretrained(model)
     except Exception as error:
@@ -518,7 +518,7 @@ _quiet_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports and progress bars while loading one checkpoint.
 
     Loading a tower from a full checkpoint lists the other tower's weights as "unexpected",

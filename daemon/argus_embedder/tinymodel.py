@@ -46,6 +46,13 @@ def build(directory: Path, family: Family = "siglip", *, seed: int = 0) -> Path:
     NaFlex (`Siglip2Model`, aspect-preserving patch grids). The same seed gives the same
     weights, byte for byte.
     """
+    from argus_embedder.embedder import quiet_transformers
+
+    with quiet_transformers():
+        return _build(directory, family, seed)
+
+
+def _build(directory: Path, family: Family, seed: int) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     text = _text_config(hidden=TINY_HIDDEN, layers=TINY_LAYERS, heads=TINY_HEADS)
