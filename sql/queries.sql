@@ -64,23 +64,41 @@ VALUES (%(video_id)s, %(project_id)s, %(frame_index)s, %(timestamp_ms)s, %(image
 ON CONFLICT (video_id, frame_index) DO NOTHING;
 
 -- name: claim_jobs
--- Takes claimable jobs in (priority, run_at) order: queued ones that are due,
--- and running ones whose lease expired (their worker died; that attempt
--- already counted). A job is never claimed while another job for the same
+-- Takes claimable jobs: running ones whose lease expired first (their worker
+-- died; that attempt already counted), then queued ones that are due, in
+-- (priority, run_at) order. Each source is its own ordered, partial-index scan
+-- with SKIP LOCKED, so a claim costs the same with a million-job backlog or a
+-- million finished jobs. A job is never claimed while another job for the same
 -- (video, model) runs. Expired jobs that used up their attempts become failed.
-WITH candidate AS (
-    SELECT j.id, j.status = 'running' AS reclaimed
+WITH expired AS (
+    SELECT j.id
     FROM argus.embedding_jobs j
-    WHERE (j.model IS NULL OR j.model = %(model)s)
-      AND ((j.status = 'queued' AND j.run_at <= now())
-           OR (j.status = 'running' AND j.lease_expires_at < now()))
+    WHERE j.status = 'running' AND j.lease_expires_at < now()
+      AND (j.model IS NULL OR j.model = %(model)s)
+    ORDER BY j.lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+), due AS (
+    SELECT j.id, j.priority, j.run_at
+    FROM argus.embedding_jobs j
+    WHERE j.status = 'queued' AND j.run_at <= now()
+      AND (j.model IS NULL OR j.model = %(model)s)
       AND NOT EXISTS (
           SELECT 1 FROM argus.embedding_jobs r
-          WHERE r.status = 'running' AND r.id <> j.id
-            AND r.video_id = j.video_id AND r.model = coalesce(j.model, %(model)s))
+          WHERE r.status = 'running' AND r.video_id = j.video_id
+            AND r.model = coalesce(j.model, %(model)s))
     ORDER BY j.priority DESC, j.run_at, j.id
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
+), candidate AS (
+    SELECT id, reclaimed FROM (
+        SELECT id, true AS reclaimed, 0 AS source, NULL::integer AS priority,
+               NULL::timestamptz AS run_at FROM expired
+        UNION ALL
+        SELECT id, false, 1, priority, run_at FROM due
+    ) c
+    ORDER BY source, priority DESC, run_at, id
+    LIMIT %(limit)s
 ), progress AS (
     SELECT c.id,
            (SELECT count(*) FROM argus.frames f WHERE f.video_id = j.video_id) AS total,

@@ -229,10 +229,39 @@ def test_claim_stays_an_index_scan_with_a_million_finished_jobs(
         for row in conn.execute("EXPLAIN " + sql, params)  # type: ignore[call-overload]
     )
     assert "Seq Scan on embedding_jobs" not in plan, plan
-    # Candidates come only from the status-partial indexes, never the finished rows.
-    assert "embedding_jobs_one_queued_idx" in plan or "embedding_jobs_claim_idx" in plan, plan
+    # Candidates come only from the status-partial indexes, in claim order.
+    assert "Index Scan using embedding_jobs_claim_idx" in plan, plan
     started = time.perf_counter()
     job = make_queue().claim(conn)[0]
     elapsed = time.perf_counter() - started
     assert job.video_id == "fresh"
     print(f"claim with 1M finished jobs: {elapsed * 1000:.1f} ms")
+
+
+def test_claim_with_a_large_backlog_reads_the_claim_index_in_order(
+    conn: psycopg.Connection[Any],
+) -> None:
+    conn.execute(
+        "INSERT INTO argus.embedding_jobs (video_id, priority, run_at) "
+        "SELECT 'backlog-' || g, g % 3, now() - (g || ' seconds')::interval "
+        "FROM generate_series(1, 200000) g"
+    )
+    conn.execute("ANALYZE argus.embedding_jobs")
+    sql = db.queries()["claim_jobs"].as_string(conn)
+    params = {"model": MODEL, "limit": 4, "worker_id": "w", "lease_seconds": 60}
+    plan = "\n".join(
+        row["QUERY PLAN"]
+        for row in conn.execute("EXPLAIN " + sql, params)  # type: ignore[call-overload]
+    )
+    assert "Index Scan using embedding_jobs_claim_idx" in plan, plan
+    started = time.perf_counter()
+    jobs = make_queue().claim(conn, limit=4)
+    elapsed = time.perf_counter() - started
+    # Highest priority (2) first, oldest run_at first within it.
+    assert [job.video_id for job in jobs] == [
+        "backlog-200000",
+        "backlog-199997",
+        "backlog-199994",
+        "backlog-199991",
+    ]
+    print(f"claim with a 200k backlog: {elapsed * 1000:.1f} ms")
