@@ -244,7 +244,8 @@ class Worker:
         return batch
 
     def _fetch_and_prepare(self, frame: Frame) -> Any:
-        """Bytes → model input for one frame; a FrameError is returned, not raised."""
+        """Bytes → model input for one frame. Errors are returned, not raised: a
+        FrameError becomes the frame's error row; anything else fails its job."""
         try:
             started = time.perf_counter()
             data = self.storage.fetch(frame.image_uri)
@@ -252,9 +253,8 @@ class Worker:
             prepared = self.embedder.prepare(data)
             metrics.STAGE_DURATION.labels(stage="download").observe(fetched - started)
             metrics.STAGE_DURATION.labels(stage="decode").observe(time.perf_counter() - fetched)
-        except errors.FrameError as error:
-            return error
-        except errors.TransientError as error:
+        except Exception as error:  # handed to the batch, which decides per kind
+            log.debug("frame %s: %s", frame.id, error)
             return error
         return prepared
 
@@ -264,9 +264,9 @@ class Worker:
         for item in batch:
             assert item.future is not None
             outputs[id(item)] = item.future.result()
-        self._fail_transient(batch, outputs)
+        self._fail_jobs_of_errors(batch, outputs)
         live = [item for item in batch if not item.active.finished]
-        good = [item for item in live if not isinstance(outputs[id(item)], errors.ArgusError)]
+        good = [item for item in live if not isinstance(outputs[id(item)], Exception)]
         vectors = self._embed_isolating_failures(good, outputs)
         by_job: dict[int, list[store.FrameResult]] = {}
         actives: dict[int, _Active] = {}
@@ -288,13 +288,18 @@ class Worker:
             writes.append(store.JobWrite(active.job, results, complete=active.pending == 0))
         return writes
 
-    def _fail_transient(self, batch: list[_Item], outputs: dict[int, Any]) -> None:
-        """A frame that hit a transient fault (after retries) fails its whole job with
-        backoff, never the frame: the job comes back later and resumes."""
+    def _fail_jobs_of_errors(self, batch: list[_Item], outputs: dict[int, Any]) -> None:
+        """A frame that hit a transient fault (after retries) or an unexpected error fails
+        its whole job with backoff, never the frame: the job comes back and resumes, and
+        a job that keeps failing ends `failed` after max_attempts."""
         for item in batch:
             output = outputs[id(item)]
-            if isinstance(output, errors.TransientError) and not item.active.finished:
+            if item.active.finished or not isinstance(output, Exception):
+                continue
+            if isinstance(output, errors.TransientError):
                 self._fail_job(item.active, f"transient: {output}")
+            elif not isinstance(output, errors.FrameError):
+                self._fail_job(item.active, f"{type(output).__name__}: {output}")
 
     def _embed_isolating_failures(
         self, good: list[_Item], outputs: dict[int, Any]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,11 @@ def test_cancel_stops_a_running_job_at_its_next_batch(
         def embed(self, images: Any) -> Any:
             self.calls += 1
             if self.calls == 2:
+                # The operator cancels once batch 1's progress is visible.
+                deadline = time.monotonic() + 10
+                while support.job(conn, job_id)["frames_done"] < 8:
+                    assert time.monotonic() < deadline, "batch 1 never committed"
+                    time.sleep(0.01)
                 with psycopg.connect(conn.info.dsn, autocommit=True) as other:
                     other.execute(
                         "UPDATE argus.embedding_jobs SET status = 'cancelled' WHERE id = %s",
@@ -208,3 +214,65 @@ def test_transient_s3_outage_retries_the_job_instead_of_failing_frames(
     assert job["attempts"] == 1
     assert "transient" in job["last_error"]
     assert support.embeddings(conn, "v5") == []
+
+
+class _Wrapped:
+    """An embedder wrapper for tests: same model, with a hook around embed()."""
+
+    def __init__(self, inner: embedder.Embedder) -> None:
+        self.inner = inner
+        self.model, self.batch_size = inner.model, inner.batch_size
+        self.dimension, self.preprocessing = inner.dimension, inner.preprocessing
+        self.batches: list[int] = []
+        self.poison: set[bytes] = set()
+
+    def prepare(self, data: bytes) -> Any:
+        return ("poison", data) if data in self.poison else self.inner.prepare(data)
+
+    def embed(self, images: Any) -> Any:
+        self.batches.append(len(images))
+        if any(isinstance(image, tuple) for image in images):
+            raise RuntimeError("the model crashed on this input")
+        return self.inner.embed(images)
+
+
+def test_small_jobs_share_batches(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, tiny_embedder: embedder.Embedder
+) -> None:
+    job_ids = []
+    for video in range(6):
+        uris = [s3.put(f"small{video}/{i}.jpg", textured_jpeg(video * 10 + i)) for i in range(3)]
+        job_ids.append(support.add_video(conn, f"small-{video}", uris))
+    wrapped = _Wrapped(tiny_embedder)
+    config = make_settings(conn.info.dsn, s3, tiny_embedder.model)
+    with worker.Worker(config, conn.info.dsn, wrapped) as loop:  # type: ignore[arg-type]
+        loop.run(burst=True)
+    assert sum(wrapped.batches) == 18
+    assert len(wrapped.batches) <= 4  # not six one-job batches
+    for job_id in job_ids:
+        job = support.job(conn, job_id)  # type: ignore[arg-type]
+        assert (job["status"], job["frames_total"], job["frames_done"]) == ("succeeded", 3, 3)
+
+
+def test_a_model_crash_fails_only_the_poison_job(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, tiny_embedder: embedder.Embedder
+) -> None:
+    wrapped = _Wrapped(tiny_embedder)
+    poison_bytes = textured_jpeg(999)
+    wrapped.poison.add(poison_bytes)
+    good = support.add_video(
+        conn, "good", [s3.put(f"good/{i}.jpg", textured_jpeg(i)) for i in range(3)]
+    )
+    poison = support.add_video(conn, "bad", [s3.put("bad/0.jpg", poison_bytes)])
+    also_good = support.add_video(
+        conn, "good2", [s3.put(f"good2/{i}.jpg", textured_jpeg(50 + i)) for i in range(3)]
+    )
+    config = make_settings(conn.info.dsn, s3, tiny_embedder.model)
+    with worker.Worker(config, conn.info.dsn, wrapped) as loop:  # type: ignore[arg-type]
+        loop.run(burst=True)
+    for job_id in (good, also_good):
+        assert support.job(conn, job_id)["status"] == "succeeded"  # type: ignore[arg-type]
+    bad = support.job(conn, poison)  # type: ignore[arg-type]
+    assert bad["status"] == "queued" and bad["attempts"] == 1  # retried later, with backoff
+    assert "the model crashed" in bad["last_error"]
+    assert support.embeddings(conn, "bad") == []
