@@ -42,11 +42,9 @@ SELECT lower_bound FROM argus.sealed_segments(%(model)s, make_interval(secs => %
 -- name: index_segment
 SELECT argus.index_segment(%(model)s, %(lower_bound)s) AS index_name;
 
--- name: indexer_try_lock
-SELECT pg_try_advisory_lock(hashtext('argus-embedder:indexer')) AS locked;
-
--- name: indexer_unlock
-SELECT pg_advisory_unlock(hashtext('argus-embedder:indexer')) AS unlocked;
+-- name: indexer_lock
+-- What argus.index_segment takes; tests hold it to stand in for another builder.
+SELECT pg_advisory_xact_lock(hashtext('argus-embedder:indexer'));
 
 -- name: segment_report
 SELECT s.lower_bound, s.upper_bound, s.index_name, s.indexed_at

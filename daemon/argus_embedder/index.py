@@ -114,36 +114,30 @@ def build_sealed(
 ) -> list[str]:
     """Bulk-build the index of every sealed, unindexed segment of `model`.
 
-    One builder in the fleet at a time (session advisory lock); returns the
-    indexes built here ([] if another daemon holds the lock).
+    One builder in the fleet at a time (argus.index_segment takes a transaction
+    advisory lock); returns the indexes built here ([] while another daemon builds).
     """
     q = db.queries()
-    row = connection.execute(q["indexer_try_lock"]).fetchone()
-    if not (row and row["locked"]):
-        return []
-    built: list[str] = []
-    try:
+    with connection.transaction():
         sealed = connection.execute(
             q["sealed_segments"], {"model": model, "quiet_seconds": quiet_seconds}
         ).fetchall()
-        for segment in sealed:
-            started = time.monotonic()
-            with connection.transaction():
-                result = connection.execute(
-                    q["index_segment"], {"model": model, "lower_bound": segment["lower_bound"]}
-                ).fetchone()
-            if result and result["index_name"]:
-                built.append(result["index_name"])
-                log.info(
-                    "indexed segment %s of %s in %.1fs",
-                    segment["lower_bound"],
-                    model,
-                    time.monotonic() - started,
-                )
-    finally:
-        connection.execute(q["indexer_unlock"])
-        if not connection.autocommit:
-            connection.commit()
+    built: list[str] = []
+    for segment in sealed:
+        started = time.monotonic()
+        with connection.transaction():
+            result = connection.execute(
+                q["index_segment"], {"model": model, "lower_bound": segment["lower_bound"]}
+            ).fetchone()
+        if not (result and result["index_name"]):
+            break  # another daemon is building; it will carry on
+        built.append(result["index_name"])
+        log.info(
+            "indexed segment %s of %s in %.1fs",
+            segment["lower_bound"],
+            model,
+            time.monotonic() - started,
+        )
     return built
 
 

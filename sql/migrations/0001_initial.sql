@@ -235,8 +235,9 @@ BEGIN
 END;
 $$;
 
--- Bulk-build one segment's ANN index (one builder at a time: the caller holds
--- the indexer advisory lock). Writes to a sealed segment are rare stragglers.
+-- Bulk-build one segment's ANN index, one builder in the fleet at a time (a
+-- transaction-level advisory lock, so it works behind PgBouncer too); NULL when
+-- another daemon is building. Writes to a sealed segment are rare stragglers.
 CREATE FUNCTION argus.index_segment(p_model text, p_lower bigint)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER
@@ -248,6 +249,9 @@ DECLARE
     v_name    text;
     v_rows    bigint;
 BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('argus-embedder:indexer')) THEN
+        RETURN NULL;
+    END IF;
     SELECT * INTO v_model FROM argus.models WHERE model = p_model;
     SELECT * INTO v_segment FROM argus.segments
     WHERE model = p_model AND lower_bound = p_lower FOR UPDATE;

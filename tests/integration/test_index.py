@@ -168,8 +168,8 @@ def test_one_indexer_at_a_time(database_url: str, conn: psycopg.Connection[Any])
     model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
     ids = add_frames(conn, 150)
     write_vectors(conn, model, ids, clustered(150))
-    with db.connect(database_url, autocommit=True) as other:
-        other.execute(db.queries()["indexer_try_lock"])
-        assert index.build_sealed(conn, MODEL) == []  # someone else is building
-        other.execute(db.queries()["indexer_unlock"])
+    with db.connect(database_url) as other:  # a transaction: another daemon building
+        other.execute(db.queries()["indexer_lock"])
+        assert index.build_sealed(conn, MODEL) == []
+        other.rollback()
     assert len(index.build_sealed(conn, MODEL)) == 1
