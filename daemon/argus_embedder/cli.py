@@ -97,10 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     sub.add_argument("--project", default=None, help="project_id for the frames")
 
-    sub = add("status", cmd_status, "queue counts, oldest queued age, running jobs")
+    sub = add(
+        "status",
+        cmd_status,
+        "queue counts and ETA, running jobs with rate and device, coverage per model",
+    )
     sub.add_argument("--json", action="store_true")
+    sub.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    sub.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="--watch refresh (default 2)"
+    )
 
-    sub = add("search", cmd_search, "text-to-frame search with the configured model")
+    sub = add(
+        "search",
+        cmd_search,
+        "text-to-frame search with the configured model (--model M: another registered one)",
+    )
     sub.add_argument("text", nargs="?", default=None)
     sub.add_argument("--image", default=None, metavar="PATH", help="query by example image")
     sub.add_argument("--limit", type=int, default=10)
@@ -113,7 +125,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("retry", cmd_retry, "queue a failed, cancelled or finished job again")
     sub.add_argument("job_id", type=int)
 
+    sub = add(
+        "backfill",
+        cmd_backfill,
+        "with --model M: enqueue a job for every video with frames lacking M's rows",
+    )
+    sub.add_argument("--project", default=None, help="only this project's videos")
+    sub.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="the jobs' priority (default -10: below fresh uploads, which run at 0)",
+    )
+
+    sub = add(
+        "prune",
+        cmd_prune,
+        "with --model OLD: delete OLD's vectors and index (refused while it is configured)",
+    )
+    sub.add_argument(
+        "--force",
+        action="store_true",
+        help="even if OLD is ARGUS_MODEL or daemons still run it",
+    )
+
     add("demo", cmd_demo, "the whole path on an embedded PostgreSQL with sample frames")
+
+    sub = add("bench", cmd_bench, "the DESIGN §7 benchmarks: a table of figures, or --json")
+    sub.add_argument("--quick", action="store_true", help="smaller scenarios (under a minute)")
+    sub.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return parser
 
 
@@ -202,13 +242,69 @@ def cmd_ingest(args: argparse.Namespace, config: Settings) -> int:
 def cmd_status(args: argparse.Namespace, config: Settings) -> int:
     from argus_embedder import status
 
+    if args.watch:
+        if not args.interval > 0:
+            raise errors.UserInputError("--interval must be a positive number of seconds")
+        _connect(config).close()  # a bad URL or schema fails now, with its exit code
+        try:
+            status.watch(
+                lambda: _connect(config),
+                model=config.model,
+                interval=args.interval,
+                as_json=args.json,
+            )
+        except KeyboardInterrupt:
+            return 0  # Ctrl-C is how a watch ends
     with _connect(config) as connection:
-        report = status.collect(connection)
+        report = status.collect(connection, model=config.model)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         print(status.render(report))
     return 0
+
+
+def cmd_backfill(args: argparse.Namespace, config: Settings) -> int:
+    from argus_embedder import backfill
+
+    if args.model is None:
+        raise errors.UserInputError("backfill needs --model M, the model to fill in")
+    priority = backfill.DEFAULT_PRIORITY if args.priority is None else args.priority
+    with _connect(config) as connection:
+        result = backfill.backfill(
+            connection,
+            config.model,
+            configured_model=_configured_model(),
+            project=args.project,
+            priority=priority,
+        )
+    print(
+        f"backfill {config.model}: {result.videos} video(s) checked, {result.lacking} lacking "
+        f"rows, {result.enqueued} job(s) enqueued at priority {priority}"
+        + (" (the others already had a job)" if result.lacking > result.enqueued else "")
+    )
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, config: Settings) -> int:
+    from argus_embedder import prune
+
+    if args.model is None:
+        raise errors.UserInputError("prune needs --model OLD, the model to remove")
+    with _connect(config) as connection:
+        result = prune.prune(
+            connection, config.model, configured_model=_configured_model(), force=args.force
+        )
+    print(
+        f"pruned {config.model}: {result.rows} row(s) and its index dropped, "
+        f"{result.cancelled_jobs} queued job(s) cancelled"
+    )
+    return 0
+
+
+def _configured_model() -> str:
+    """ARGUS_MODEL as the daemons see it: this command's --model names another model."""
+    return settings.load().model
 
 
 def cmd_search(args: argparse.Namespace, config: Settings) -> int:
@@ -220,6 +316,8 @@ def cmd_search(args: argparse.Namespace, config: Settings) -> int:
         raise errors.UserInputError("--limit must be between 1 and 1000")
     if args.text is not None and len(args.text) > 10_000:
         raise errors.UserInputError("search text is longer than 10000 characters")
+    with _connect(config) as connection:
+        _check_searchable(connection, config.model)
     if args.image is not None:
         from pathlib import Path
 
@@ -284,6 +382,18 @@ def cmd_retry(args: argparse.Namespace, config: Settings) -> int:
     raise errors.UserInputError(_cannot(args.job_id, current, "retry"))
 
 
+def _check_searchable(connection: psycopg.Connection[Any], model: str) -> None:
+    """Before loading a model for the query: is it registered here at all?"""
+    from argus_embedder import index
+
+    if index.info(connection, model) is None:
+        known = [row["model"] for row in connection.execute(db.queries()["models"])]
+        raise errors.UserInputError(
+            f"model {model!r} has no embeddings in this database; registered: "
+            + (", ".join(known) if known else "none (run `argus-embedder migrate --model M`)")
+        )
+
+
 def _cannot(job_id: int, status: str | None, action: str) -> str:
     if status is None:
         return f"no job {job_id}"
@@ -294,6 +404,12 @@ def cmd_demo(args: argparse.Namespace, config: Settings) -> int:
     from argus_embedder import demo
 
     return demo.run(config)
+
+
+def cmd_bench(args: argparse.Namespace, config: Settings) -> int:
+    from argus_embedder import bench
+
+    return bench.main(config, quick=args.quick, as_json=args.json)
 
 
 # --- helpers --------------------------------------------------------------------

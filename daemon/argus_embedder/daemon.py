@@ -9,7 +9,20 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from argus_embedder import __version__, db, errors, health, index, metrics, sdnotify, shutdown
+from argus_embedder import (
+    __version__,
+    db,
+    errors,
+    health,
+    index,
+    metrics,
+    periodic,
+    reconciler,
+    sdnotify,
+    shutdown,
+    status,
+    workers,
+)
 from argus_embedder.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,14 +52,15 @@ def run(config: Settings, *, burst: bool = False) -> int:
             model = _load_model(config, state)
             with (
                 worker.Worker(config, url, model, shutdown=stop, on_beat=state.beat) as loop,
-                index.indexer(url, config.model, stop),  # bulk-builds sealed segments
+                periodic.running(url, [index.task(config.model)], stop=stop),
+                periodic.running(url, _background(config, model), stop=stop),
             ):
                 state.set_model_warm()
                 state.beat()
                 log.info(
                     "ready: model %s on %s, batch %d, worker %s%s",
                     config.model,
-                    model.device,
+                    describe_device(config.device, model.device),
                     model.batch_size,
                     config.worker_id,
                     f", metrics on :{port}" if port else "",
@@ -67,9 +81,35 @@ def _load_model(config: Settings, state: health.HealthState) -> Embedder:
     state.beat()
     model.warm_up()
     metrics.MODEL_LOAD.set(time.monotonic() - started)
-    metrics.set_build_info(__version__, config.model, model.device)
-    state.set_detail("device", model.device)
+    device = describe_device(config.device, model.device)
+    metrics.set_build_info(__version__, config.model, device)
+    state.set_detail("device", device)
     return model
+
+
+def describe_device(requested: str, actual: str) -> str:
+    """The device as build_info, /readyz and the worker registry show it: a CPU
+    that `auto` fell back to says so, since it runs ~100x slower than the GPU meant."""
+    if requested == "auto" and actual == "cpu":
+        return "cpu (no CUDA device found)"
+    return actual
+
+
+def _background(config: Settings, model: Embedder) -> list[periodic.Task]:
+    """The daemon's periodic work beside the loop: its registry row, the queue
+    gauges and, unless ARGUS_RECONCILE_INTERVAL=0, the reconciler."""
+    tasks = [
+        workers.task(
+            config.worker_id,
+            model=config.model,
+            device=describe_device(config.device, model.device),
+            version=__version__,
+        ),
+        status.exporter(config),
+    ]
+    if config.reconcile_interval > 0:
+        tasks.append(reconciler.task(config))
+    return tasks
 
 
 def _draining(state: health.HealthState) -> None:

@@ -10,17 +10,16 @@ exact scan of the rest, so a committed vector is searchable at once.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
 
-from argus_embedder import db, errors
+from argus_embedder import db, errors, periodic
 
 log = logging.getLogger(__name__)
 
@@ -141,26 +140,19 @@ def build_sealed(
     return built
 
 
-@contextlib.contextmanager
-def indexer(
-    url: str, model: str, stop: threading.Event, *, interval: float = CHECK_SECONDS
-) -> Iterator[threading.Thread]:
-    """Run build_sealed for `model` every `interval` seconds in a background thread."""
+def task(model: str) -> periodic.Task:
+    """The daemon's indexer: look for sealed segments of `model` every CHECK_SECONDS.
 
-    def loop() -> None:
-        while not stop.wait(interval):
-            try:
-                with db.connect(url, autocommit=True) as connection:
-                    build_sealed(connection, model)
-            except (psycopg.Error, errors.ArgusError) as error:
-                log.warning(
-                    "segment indexer: %s", str(error).splitlines()[0] if str(error) else error
-                )
+    Run it on its own periodic thread: a bulk build can take a minute, which
+    must not delay the daemon's other background passes.
+    """
+    return periodic.Task(
+        name="indexer",
+        interval=CHECK_SECONDS,
+        run=lambda connection, stopping: None if stopping() else _build(connection, model),
+        first_delay=CHECK_SECONDS,
+    )
 
-    thread = threading.Thread(target=loop, name="argus-indexer", daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+
+def _build(connection: psycopg.Connection[Any], model: str) -> None:
+    build_sealed(connection, model)

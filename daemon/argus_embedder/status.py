@@ -1,58 +1,321 @@
-"""`argus-embedder status`: what the queue and the running jobs look like now."""
+"""`argus-embedder status` and the queue gauges: what the queue, the running jobs,
+the fleet and each model's coverage look like now.
+
+Rates come from the vectors themselves (`frame_embeddings.created_at`), found
+through the jobs that wrote them, so no scan of the whole table is needed:
+a running job's rate is what it wrote in the last minute; the fleet's is what
+jobs running or finished in the last five minutes wrote in that window. ETAs
+divide what is left by those rates, and are None when nothing was written
+lately (unknown, not zero).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import psycopg
 
-from argus_embedder import queue
+from argus_embedder import db, errors, metrics, periodic, queue, reconciler, workers
+from argus_embedder.settings import Settings
+
+FLEET_WINDOW_SECONDS = 300.0
+FLEET_RATE_JOBS = 500  # at most this many finished jobs' videos are read for the rate
+WAITING_SAMPLE = 1000  # (video, model) pairs counted exactly; more are extrapolated
+QUEUE_STATS_NAME = "queue-stats"
+QUEUE_STATS_SECONDS = 15.0  # the fleet computes the queue snapshot about this often
+QUEUE_STATS_TICK = 5.0  # each daemon refreshes its gauges from the snapshot this often
 
 
-def collect(connection: psycopg.Connection[Any]) -> dict[str, Any]:
-    """A JSON-ready report: job counts by state, oldest queued age, running jobs."""
+def collect(connection: psycopg.Connection[Any], *, model: str | None = None) -> dict[str, Any]:
+    """A JSON-ready report. `model` is the configured one: NULL-model jobs count
+    against it, and coverage marks it (None: such jobs count all their frames)."""
     stats = queue.stats(connection)
-    running = []
-    for row in queue.running(connection):
-        total = row["frames_total"]
-        done = row["frames_done"]
-        running.append(
-            {
-                "id": row["id"],
-                "video_id": row["video_id"],
-                "model": row["model"],
-                "worker_id": row["worker_id"],
-                "attempts": row["attempts"],
-                "frames_total": total,
-                "frames_done": done,
-                "frames_failed": row["frames_failed"],
-                "progress": (done / total) if total else None,
-                "running_seconds": row["running_seconds"],
-                "lease_left_seconds": row["lease_left_seconds"],
-            }
-        )
+    running = [_running_job(row) for row in connection.execute(db.queries()["status_running"])]
     return {
         "jobs": stats.jobs,
         "oldest_queued_seconds": stats.oldest_queued_seconds,
+        "queue": _queue(connection, model),
         "running": running,
+        "coverage": coverage(connection, configured=model),
+        "workers": [_worker(info) for info in workers.recent(connection)],
+        "reconciler": [
+            _reconciler(record) for record in periodic.records(connection, reconciler.NAME_PREFIX)
+        ],
     }
+
+
+def coverage(
+    connection: psycopg.Connection[Any], *, configured: str | None
+) -> list[dict[str, Any]]:
+    """Per registered model: frames with a row (vector or error) of all frames."""
+    result = []
+    for row in connection.execute(db.queries()["status_coverage"]):
+        frames, with_row, failed = int(row["frames"]), int(row["with_row"]), int(row["failed"])
+        result.append(
+            {
+                "model": row["model"],
+                "configured": row["model"] == configured,
+                "dimension": row["dimension"],
+                "index_kind": row["index_kind"],
+                "frames": frames,
+                "with_row": with_row,
+                "embedded": with_row - failed,
+                "failed": failed,
+                "missing": max(frames - with_row, 0),
+                "coverage": with_row / frames if frames else 1.0,
+            }
+        )
+    return result
+
+
+def frames_waiting(connection: psycopg.Connection[Any], model: str | None) -> tuple[int, bool]:
+    """Frames still to embed for every (video, model) with a queued or running job,
+    and whether that is an estimate (more than WAITING_SAMPLE such pairs)."""
+    row = connection.execute(
+        db.queries()["status_frames_waiting"], {"model": model, "sample": WAITING_SAMPLE}
+    ).fetchone()
+    if row is None or not row["sampled"]:
+        return 0, False
+    pairs, sampled, frames = int(row["pairs"]), int(row["sampled"]), int(row["frames"])
+    if sampled >= pairs:
+        return frames, False
+    return round(frames * pairs / sampled), True
+
+
+def _queue(connection: psycopg.Connection[Any], model: str | None) -> dict[str, Any]:
+    waiting, estimated = frames_waiting(connection, model)
+    row = connection.execute(
+        db.queries()["status_fleet_rate"],
+        {"window": FLEET_WINDOW_SECONDS, "jobs": FLEET_RATE_JOBS},
+    ).fetchone()
+    written = 0 if row is None else int(row["frames"])
+    rate = _rate(written, None if row is None else row["seconds"])
+    return {
+        "frames_waiting": waiting,
+        "frames_waiting_estimated": estimated,
+        "frames_per_second": rate,
+        "rate_window_seconds": FLEET_WINDOW_SECONDS,
+        "eta_seconds": _eta(waiting, rate),
+    }
+
+
+def _running_job(row: dict[str, Any]) -> dict[str, Any]:
+    total, done = row["frames_total"], row["frames_done"]
+    rate = _rate(int(row["recent_frames"]), row["recent_seconds"])
+    return {
+        "id": row["id"],
+        "video_id": row["video_id"],
+        "model": row["model"],
+        "worker_id": row["worker_id"],
+        "device": row["device"],
+        "attempts": row["attempts"],
+        "frames_total": total,
+        "frames_done": done,
+        "frames_failed": row["frames_failed"],
+        "progress": (done / total) if total else None,
+        "frames_per_second": rate,
+        "eta_seconds": _eta(max(total - done, 0), rate) if total is not None else None,
+        "running_seconds": row["running_seconds"],
+        "lease_left_seconds": row["lease_left_seconds"],
+    }
+
+
+def _worker(info: workers.WorkerInfo) -> dict[str, Any]:
+    return {
+        "worker_id": info.worker_id,
+        "model": info.model,
+        "device": info.device,
+        "version": info.version,
+        "running_jobs": info.running_jobs,
+        "seen_seconds_ago": info.seen_seconds_ago,
+        "stopped": info.stopped_at is not None,
+    }
+
+
+def _reconciler(record: periodic.PassRecord) -> dict[str, Any]:
+    return {
+        "model": record.name.removeprefix(reconciler.NAME_PREFIX),
+        "worker_id": record.worker_id,
+        "finished_seconds_ago": record.age_seconds,
+        **record.result,
+    }
+
+
+def _rate(frames: int, seconds: float | None) -> float:
+    """Frames per second over `seconds` (at least one second, so one batch is no spike)."""
+    if frames <= 0 or seconds is None:
+        return 0.0
+    return frames / max(seconds, 1.0)
+
+
+def _eta(left: int, rate: float) -> float | None:
+    if left <= 0:
+        return 0.0
+    return left / rate if rate > 0 else None
+
+
+# --- rendering ---------------------------------------------------------------------
 
 
 def render(report: dict[str, Any]) -> str:
     jobs = report["jobs"]
-    lines = [
-        "jobs: " + ", ".join(f"{state} {count}" for state, count in jobs.items()),
-    ]
+    lines = ["jobs: " + ", ".join(f"{state} {count}" for state, count in jobs.items())]
     oldest = report["oldest_queued_seconds"]
-    lines.append("oldest queued: " + ("none" if oldest is None else f"{oldest:.0f}s ago"))
+    lines.append("oldest queued: " + ("none" if oldest is None else f"{_duration(oldest)} ago"))
+    backlog = report["queue"]
+    lines.append(
+        f"queue: {'~' if backlog['frames_waiting_estimated'] else ''}"
+        f"{backlog['frames_waiting']} frame(s) waiting, fleet "
+        f"{backlog['frames_per_second']:.1f} frames/s over the last "
+        f"{_duration(backlog['rate_window_seconds'])}, ETA {_eta_text(backlog['eta_seconds'])}"
+    )
     if report["running"]:
         lines.append("running:")
     for job in report["running"]:
         total = job["frames_total"] or 0
         percent = f"{100 * job['progress']:.0f}%" if job["progress"] is not None else "?"
         lines.append(
-            f"  job {job['id']} video {job['video_id']} on {job['worker_id']}: "
-            f"{job['frames_done']}/{total} frames ({percent}), "
-            f"{job['frames_failed']} failed, attempt {job['attempts']}"
+            f"  job {job['id']} video {job['video_id']} on {job['worker_id']} "
+            f"({job['device'] or 'device unknown'}): {job['frames_done']}/{total} frames "
+            f"({percent}), {job['frames_failed']} failed, {job['frames_per_second']:.1f} "
+            f"frames/s, ETA {_eta_text(job['eta_seconds'])}, attempt {job['attempts']}"
+        )
+    if report["coverage"]:
+        lines.append("coverage:")
+    for model in report["coverage"]:
+        mark = " (configured)" if model["configured"] else ""
+        lines.append(
+            f"  {model['model']}{mark}: {model['with_row']}/{model['frames']} frames "
+            f"({100 * model['coverage']:.1f}%), {model['failed']} failed, "
+            f"{model['missing']} missing, index {model['index_kind']}"
+        )
+    if report["workers"]:
+        lines.append("workers:")
+    for worker in report["workers"]:
+        state = "stopped" if worker["stopped"] else f"{worker['running_jobs']} job(s) running"
+        lines.append(
+            f"  {worker['worker_id']}: {worker['model']} on {worker['device']}, {state}, "
+            f"seen {_duration(worker['seen_seconds_ago'])} ago"
+        )
+    for last in report["reconciler"]:
+        when = last["finished_seconds_ago"]
+        lines.append(
+            f"reconciler ({last['model']}): "
+            + (
+                "pass running"
+                if when is None
+                else f"last pass {_duration(when)} ago found {last.get('missing_frames', 0)} "
+                f"missing frame(s), enqueued {last.get('enqueued', 0)} job(s)"
+            )
         )
     return "\n".join(lines)
+
+
+def _eta_text(seconds: float | None) -> str:
+    return "unknown (nothing written lately)" if seconds is None else _duration(seconds)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"
+
+
+def watch(
+    connect: Callable[[], psycopg.Connection[Any]],
+    *,
+    model: str | None,
+    interval: float,
+    as_json: bool,
+    stream: TextIO | None = None,
+) -> None:
+    """Refresh the report every `interval` seconds until interrupted (Ctrl-C).
+
+    On a terminal the screen is redrawn in place; otherwise (a pipe, a log)
+    each refresh is appended, JSON as one object per line. A lost database
+    connection shows as a line and is retried at the next refresh.
+    """
+    out = stream or sys.stdout
+    in_place = out.isatty() and not as_json
+    connection: psycopg.Connection[Any] | None = None
+    try:
+        while True:
+            try:
+                if connection is None or connection.closed:
+                    connection = connect()
+                report = collect(connection, model=model)
+                text = json.dumps(report, default=str) if as_json else render(report)
+            except (psycopg.OperationalError, errors.ArgusError) as error:
+                if connection is not None:
+                    connection.close()
+                connection = None
+                text = f"database unavailable: {str(error).strip().splitlines()[0]}"
+            if as_json:
+                out.write(text + "\n")
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                header = f"{stamp}  (every {interval:g}s, Ctrl-C stops)"
+                out.write(("\x1b[H\x1b[2J" if in_place else "") + header + "\n" + text + "\n\n")
+            out.flush()
+            time.sleep(interval)
+    finally:
+        if connection is not None:
+            connection.close()
+
+
+# --- the queue gauges ---------------------------------------------------------------
+
+
+def queue_snapshot(connection: psycopg.Connection[Any], model: str) -> dict[str, Any]:
+    """Job counts, oldest queued age and frames waiting: what the queue gauges show."""
+    stats = queue.stats(connection)
+    return {
+        "jobs": stats.jobs,
+        "oldest_queued_seconds": stats.oldest_queued_seconds,
+        "frames_waiting": frames_waiting(connection, model)[0],
+    }
+
+
+def exporter(config: Settings) -> periodic.Task:
+    """Keep this daemon's queue gauges current. The fleet computes the snapshot about
+    every QUEUE_STATS_SECONDS (one daemon at a time, a claimed fleet-wide pass) and
+    every daemon exports the same stored snapshot, so `max` across instances is right
+    and the cost does not grow with the number of daemons."""
+
+    def run(connection: psycopg.Connection[Any], stopping: periodic.Stopping) -> None:
+        claimed = periodic.claim(
+            connection,
+            QUEUE_STATS_NAME,
+            interval=QUEUE_STATS_SECONDS,
+            worker_id=config.worker_id,
+        )
+        if claimed:
+            periodic.record(
+                connection,
+                QUEUE_STATS_NAME,
+                worker_id=config.worker_id,
+                result=queue_snapshot(connection, config.model),
+            )
+        last = periodic.latest(connection, QUEUE_STATS_NAME)
+        if last is None or last.finished_at is None:
+            return
+        snapshot = last.result
+        metrics.set_queue_stats(
+            {state: int(count) for state, count in snapshot.get("jobs", {}).items()},
+            snapshot.get("oldest_queued_seconds"),
+            int(snapshot.get("frames_waiting", 0)),
+        )
+
+    return periodic.Task("queue stats", QUEUE_STATS_TICK, run)

@@ -1,0 +1,86 @@
+"""`argus-embedder prune`: remove an old model's vectors once nothing uses it any more.
+
+Each model's vectors are one partition of argus.frame_embeddings, so the rows
+and their indexes go at once with it (argus.drop_model, the schema owner's
+definer function): no row-by-row DELETE, no vacuum debt. The drop holds an
+ACCESS EXCLUSIVE lock on the parent table for a moment; it waits at most
+LOCK_TIMEOUT for it and retries, so it never stalls searches and writes
+behind a long query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import psycopg
+
+from argus_embedder import db, errors, workers
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT = "2s"
+ATTEMPTS = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneResult:
+    rows: int  # vectors and error rows removed
+    cancelled_jobs: int  # queued jobs naming the model (nobody would claim them)
+
+
+def prune(
+    connection: psycopg.Connection[Any],
+    model: str,
+    *,
+    configured_model: str,
+    force: bool = False,
+    attempts: int = ATTEMPTS,
+) -> PruneResult:
+    """Drop `model`'s vectors and registration; refuses while it is still in use unless `force`."""
+    q = db.queries()
+    if model == configured_model and not force:
+        raise errors.UserInputError(
+            f"{model} is the configured model (ARGUS_MODEL): switch the daemons and search "
+            "to the new model first (or pass --force)"
+        )
+    users = [
+        info.worker_id
+        for info in workers.recent(connection)
+        if info.model == model and info.stopped_at is None
+    ]
+    if users and not force:
+        raise errors.UserInputError(
+            f"daemon(s) {', '.join(users)} still run {model}: restart them with the new "
+            "model first (or pass --force)"
+        )
+    if connection.execute(q["model_info"], {"model": model}).fetchone() is None:
+        raise errors.UserInputError(f"model {model!r} is not registered in this database")
+    counted = connection.execute(q["model_rows"], {"model": model}).fetchone()
+    rows = 0 if counted is None else int(counted["with_row"])
+    for attempt in range(1, attempts + 1):
+        try:
+            with connection.transaction():
+                connection.execute(q["prune_lock_timeout"], {"timeout": LOCK_TIMEOUT})
+                cancelled = connection.execute(
+                    q["cancel_queued_model_jobs"], {"model": model}
+                ).fetchall()
+                connection.execute(q["unregister_model"], {"model": model})
+        except psycopg.errors.LockNotAvailable:
+            if attempt == attempts:
+                raise errors.ArgusError(
+                    f"could not lock argus.frame_embeddings to drop {model} in {attempts} "
+                    "tries: a long query holds it; try again later"
+                ) from None
+            log.info("frame_embeddings is busy; retrying the drop (%d/%d)", attempt, attempts)
+            time.sleep(1.0)
+            continue
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise errors.UserInputError(
+                "prune needs the schema owner's role (like migrate): "
+                + str(error).strip().splitlines()[0]
+            ) from error
+        return PruneResult(rows=rows, cancelled_jobs=len(cancelled))
+    raise AssertionError("unreachable")

@@ -1,0 +1,113 @@
+-- status: running jobs with their rate, the queue's backlog and ETA, coverage
+-- per model, and the worker registry (argus.workers).
+
+-- name: status_running
+-- Running jobs with the device of their worker and the frames they wrote in
+-- the last minute (or since they started, if later): the job's recent rate.
+SELECT j.id, j.video_id, j.model, j.worker_id, j.attempts,
+       j.frames_total, j.frames_done, j.frames_failed,
+       extract(epoch FROM now() - j.started_at)::double precision AS running_seconds,
+       extract(epoch FROM j.lease_expires_at - now())::double precision AS lease_left_seconds,
+       w.device,
+       recent.frames AS recent_frames,
+       extract(epoch FROM now() - greatest(j.started_at, now() - interval '60 seconds'))
+           ::double precision AS recent_seconds
+FROM argus.embedding_jobs j
+LEFT JOIN argus.workers w ON w.worker_id = j.worker_id
+CROSS JOIN LATERAL (
+    SELECT count(*) AS frames
+    FROM argus.frames f
+    JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = j.model
+    WHERE f.video_id = j.video_id
+      AND e.created_at >= greatest(j.started_at, now() - interval '60 seconds')
+) recent
+WHERE j.status = 'running'
+ORDER BY j.started_at, j.id;
+
+-- name: status_fleet_rate
+-- Frames the fleet wrote lately, found through the jobs that wrote them (the
+-- running ones and the last `jobs` finished within `window` seconds: both
+-- index scans), never a scan of all vectors. If more than `jobs` jobs finished
+-- in the window, the window shrinks to the oldest of those, so the cost stays
+-- bounded however busy the fleet is. `seconds`: since the first such write.
+WITH finished AS (
+    SELECT j.video_id, j.model, j.finished_at FROM argus.embedding_jobs j
+    WHERE j.finished_at > now() - make_interval(secs => %(window)s) AND j.model IS NOT NULL
+    ORDER BY j.finished_at DESC
+    LIMIT %(jobs)s
+), since AS (
+    SELECT CASE WHEN count(*) < %(jobs)s THEN now() - make_interval(secs => %(window)s)
+                ELSE min(finished_at) END AS at
+    FROM finished
+), recent_jobs AS (
+    SELECT video_id, model FROM finished
+    UNION
+    SELECT j.video_id, j.model FROM argus.embedding_jobs j WHERE j.status = 'running'
+)
+SELECT count(*) AS frames,
+       extract(epoch FROM now() - min(e.created_at))::double precision AS seconds
+FROM recent_jobs r
+JOIN argus.frames f ON f.video_id = r.video_id
+JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = r.model
+WHERE e.created_at > (SELECT at FROM since);
+
+-- name: status_frames_waiting
+-- Frames still to embed for every (video, model) with a queued or running
+-- job; a NULL-model job counts against `model`, the configured one. Counted
+-- exactly on at most `sample` random pairs (all of them in a normal queue);
+-- with more, the caller scales the count up: a huge backfill costs the same.
+WITH pairs AS MATERIALIZED (
+    SELECT j.video_id, coalesce(j.model, %(model)s) AS model FROM argus.embedding_jobs j
+    WHERE j.status = 'queued'
+    UNION
+    SELECT j.video_id, j.model FROM argus.embedding_jobs j
+    WHERE j.status = 'running'
+), sampled AS MATERIALIZED (
+    SELECT p.video_id, p.model FROM pairs p ORDER BY random() LIMIT %(sample)s
+)
+SELECT (SELECT count(*) FROM pairs) AS pairs,
+       (SELECT count(*) FROM sampled) AS sampled,
+       (SELECT count(*)
+        FROM sampled s
+        JOIN argus.frames f ON f.video_id = s.video_id
+        WHERE NOT EXISTS (SELECT 1 FROM argus.frame_embeddings e
+                          WHERE e.frame_id = f.id AND e.model = s.model)) AS frames;
+
+-- name: status_coverage
+-- Per registered model: frames with a row (a vector or an error) of all frames.
+SELECT m.model, m.dimension, m.index_kind, total.frames, counted.with_row, counted.failed
+FROM argus.models m
+CROSS JOIN (SELECT count(*) AS frames FROM argus.frames) total
+CROSS JOIN LATERAL (
+    SELECT count(*) AS with_row, count(*) FILTER (WHERE e.error IS NOT NULL) AS failed
+    FROM argus.frame_embeddings e WHERE e.model = m.model
+) counted
+ORDER BY m.model;
+
+-- name: status_workers
+-- Daemons seen within `seconds` (a stopped one says so), with their running jobs.
+SELECT w.worker_id, w.model, w.device, w.version, w.started_at, w.stopped_at,
+       extract(epoch FROM now() - w.seen_at)::double precision AS seen_seconds_ago,
+       (SELECT count(*) FROM argus.embedding_jobs j
+        WHERE j.status = 'running' AND j.worker_id = w.worker_id) AS running_jobs
+FROM argus.workers w
+WHERE w.seen_at > now() - make_interval(secs => %(seconds)s)
+ORDER BY w.worker_id;
+
+-- name: worker_announce
+INSERT INTO argus.workers AS w (worker_id, model, device, version)
+VALUES (%(worker_id)s, %(model)s, %(device)s, %(version)s)
+ON CONFLICT (worker_id) DO UPDATE
+SET model = excluded.model, device = excluded.device, version = excluded.version,
+    started_at = now(), seen_at = now(), stopped_at = NULL;
+
+-- name: worker_seen
+UPDATE argus.workers SET seen_at = now(), stopped_at = NULL WHERE worker_id = %(worker_id)s
+RETURNING worker_id;
+
+-- name: worker_stopped
+UPDATE argus.workers SET seen_at = now(), stopped_at = now() WHERE worker_id = %(worker_id)s;
+
+-- name: workers_forget
+-- Registry rows of daemons gone for long (hostname:pid ids pile up otherwise).
+DELETE FROM argus.workers WHERE seen_at < now() - make_interval(secs => %(seconds)s);

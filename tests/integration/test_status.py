@@ -1,0 +1,188 @@
+"""`status` against a real PostgreSQL and S3: rates, ETAs, devices, coverage, --watch, gauges."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from argus_embedder import cli, embedder, index, metrics, queue, settings, status, store, worker
+from argus_embedder import workers as registry
+from tests import support
+from tests.conftest import S3Endpoint, textured_jpeg
+
+
+@pytest.fixture(scope="module")
+def tiny_embedder(tiny_siglip_dir: Path) -> embedder.Embedder:
+    return embedder.load_embedder(str(tiny_siglip_dir), "cpu", batch_size=8)
+
+
+def test_status_json_gives_sane_rates_and_etas(
+    conn: psycopg.Connection[Any],
+    database_url: str,
+    s3: S3Endpoint,
+    tiny_embedder: embedder.Embedder,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = tiny_embedder.model
+    # Video A, embedded for real: the fleet's recent rate.
+    uris = [s3.put(f"a/{i}.jpg", textured_jpeg(i)) for i in range(24)]
+    support.add_video(conn, "a", uris)
+    config = settings.load(
+        env={},
+        database_url=database_url,
+        model=model,
+        device="cpu",
+        s3_bucket=s3.bucket,
+        s3_endpoint_url=s3.url,
+        metrics_port="0",
+    )
+    with worker.Worker(config, database_url, tiny_embedder) as loop:
+        loop.run(burst=True)
+    # Video B waits in the queue (no model named: the configured one).
+    support.add_video(conn, "b", [f"s3://{s3.bucket}/b/{i}.jpg" for i in range(40)])
+    # Video C runs on another worker, 10 of its 30 frames written.
+    support.add_video(conn, "c", [f"s3://{s3.bucket}/c/{i}.jpg" for i in range(30)], priority=5)
+    claimer = queue.Queue(model=model, worker_id="gpu-host:0", lease_seconds=60)
+    [job] = claimer.claim(conn)
+    assert job.video_id == "c"
+    registry.task("gpu-host:0", model=model, device="cuda:0", version="test").run(
+        conn, lambda: False
+    )
+    frame_ids = [
+        row["id"]
+        for row in conn.execute(
+            "SELECT id FROM argus.frames WHERE video_id = 'c' ORDER BY frame_index LIMIT 10"
+        )
+    ]
+    info = index.info(conn, model)
+    assert info is not None
+    index.Segments(info).ensure(conn, frame_ids)
+    vector = np.ones(info.dimension, dtype=np.float32) / np.sqrt(info.dimension)
+    results = [store.FrameResult(frame_id, vector=vector) for frame_id in frame_ids]
+    store.write(conn, [store.JobWrite(job, results)], preprocessing="test", lease_seconds=60)
+
+    monkeypatch.setenv("ARGUS_DATABASE_URL", database_url)
+    monkeypatch.setenv("ARGUS_MODEL", model)
+    assert cli.main(["status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+
+    backlog = report["queue"]
+    assert backlog["frames_waiting"] == 40 + 20
+    assert backlog["frames_per_second"] > 0
+    assert 0 < backlog["eta_seconds"] < 3600
+    assert backlog["eta_seconds"] == pytest.approx(60 / backlog["frames_per_second"])
+
+    [running] = report["running"]
+    assert (running["video_id"], running["frames_done"], running["frames_total"]) == ("c", 10, 30)
+    assert running["device"] == "cuda:0"
+    assert running["frames_per_second"] > 0
+    assert 0 < running["eta_seconds"] < 3600
+    assert running["eta_seconds"] == pytest.approx(20 / running["frames_per_second"])
+
+    [coverage] = report["coverage"]
+    assert coverage["model"] == model and coverage["configured"]
+    assert (coverage["frames"], coverage["with_row"], coverage["missing"]) == (94, 34, 60)
+    assert coverage["coverage"] == pytest.approx(34 / 94)
+    assert report["jobs"]["queued"] == 1 and report["jobs"]["running"] == 1
+
+    assert cli.main(["status"]) == 0
+    text = capsys.readouterr().out
+    assert "60 frame(s) waiting" in text
+    assert "(cuda:0)" in text and "10/30 frames" in text
+    assert f"{model} (configured): 34/94 frames" in text
+
+
+def test_an_idle_fleet_gives_no_eta_rather_than_a_wrong_one(
+    conn: psycopg.Connection[Any],
+) -> None:
+    support.add_video(conn, "waiting", ["x", "y", "z"])
+    report = status.collect(conn, model="test/model")
+    assert report["queue"]["frames_waiting"] == 3
+    assert report["queue"]["frames_per_second"] == 0
+    assert report["queue"]["eta_seconds"] is None
+    assert "ETA unknown" in status.render(report)
+
+
+def test_a_huge_queue_is_counted_on_a_sample(
+    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(5):
+        support.add_video(conn, f"backlog-{n}", ["x", "y", "z"])
+    assert status.frames_waiting(conn, "test/model") == (15, False)
+    monkeypatch.setattr(status, "WAITING_SAMPLE", 2)
+    assert status.frames_waiting(conn, "test/model") == (15, True)  # 2 of 5 videos, scaled
+    assert status.render(status.collect(conn)).count("~15 frame(s) waiting") == 1
+
+
+def test_status_watch_refreshes_until_ctrl_c(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    support.add_video(conn, "v", ["x"])
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "argus_embedder",
+            "status",
+            "--watch",
+            "--interval",
+            "0.2",
+            "--json",
+        ],
+        env={**os.environ, "ARGUS_DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        first = json.loads(child.stdout.readline())  # one JSON object per refresh
+        second = json.loads(child.stdout.readline())
+        assert first["jobs"]["queued"] == second["jobs"]["queued"] == 1
+        conn.execute("UPDATE argus.embedding_jobs SET status = 'cancelled'")
+        deadline = time.monotonic() + 10
+        while json.loads(child.stdout.readline())["jobs"]["queued"] != 0:
+            assert time.monotonic() < deadline
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_queue_gauges_come_from_one_snapshot_per_interval(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    """Two daemons' exporters: one computes the snapshot, both export the same numbers."""
+    support.add_video(conn, "v1", ["a", "b", "c"])
+    support.add_video(conn, "v2", ["a", "b"])
+    first, second = (
+        status.exporter(settings.load(env={}, model="test/model", worker_id=name))
+        for name in ("daemon-a", "daemon-b")
+    )
+    first.run(conn, lambda: False)
+    assert metrics.value("argus_embedder_queue_jobs", state="queued") == 2
+    assert metrics.value("argus_embedder_queue_frames_waiting") == 5
+    assert metrics.value("argus_embedder_queue_oldest_queued_age_seconds") >= 0
+
+    support.add_video(conn, "v3", ["a"])
+    second.run(conn, lambda: False)  # within the interval: exports the stored snapshot
+    assert metrics.value("argus_embedder_queue_jobs", state="queued") == 2
+    with psycopg.connect(database_url) as other:
+        row = other.execute(
+            "SELECT worker_id FROM argus.fleet_passes WHERE name = 'queue-stats'"
+        ).fetchone()
+    assert row == ("daemon-a",)
