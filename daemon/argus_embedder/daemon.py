@@ -36,7 +36,9 @@ def run(config: Settings, *, burst: bool = False) -> int:
     from argus_embedder import worker
 
     stop = threading.Event()
-    state = health.HealthState(heartbeat_timeout=max(60.0, 2 * config.lease_seconds))
+    # A loop silent for this long is hung: /livez fails and the systemd watchdog
+    # pings stop (WatchdogSec=60 in the units), so it is restarted.
+    state = health.HealthState(heartbeat_timeout=max(60.0, config.lease_seconds))
     with (
         shutdown.handle_signals(stop, on_first=lambda: _draining(state)),
         sdnotify.watchdog_pinger(lambda: state.live()[0]),
