@@ -104,6 +104,7 @@ class Worker:
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._listener: psycopg.Connection[Any] | None = None
         self._segments: index.Segments | None = None
+        self._frames_per_job = float(max(1, embedder.batch_size))  # a running average
         self.jobs_finished = 0
 
     # --- lifetime -------------------------------------------------------------
@@ -181,8 +182,7 @@ class Worker:
         pending: concurrent.futures.Future[store.Outcome] | None = None
         next_top_up = 0.0
         while stream and not self.shutdown.is_set():
-            running_low = len(stream) < 2 * batch_size and time.monotonic() >= next_top_up
-            if running_low and not self._claim_into(stream):
+            if time.monotonic() >= next_top_up and not self._top_up(stream, 2 * batch_size):
                 next_top_up = time.monotonic() + _EMPTY_CLAIM_BACKOFF
             self._submit_ahead(stream, 3 * batch_size)
             batch = self._take_batch(stream, batch_size)
@@ -194,12 +194,22 @@ class Worker:
             self.beat()
         self._settle(pending)
 
-    def _claim_into(self, stream: collections.deque[_Item]) -> bool:
-        """Claim one job and append its missing frames; False when none was claimable."""
+    def _top_up(self, stream: collections.deque[_Item], target: int) -> bool:
+        """Claim jobs until `target` frames are buffered; False once none is claimable."""
+        while len(stream) < target:
+            # As many jobs as the deficit needs at the recent frames-per-job, so a
+            # stream of tiny jobs costs one claim per batch, not one per job.
+            wanted = -(-(target - len(stream)) // max(1, round(self._frames_per_job)))
+            if not self._claim_into(stream, limit=min(16, wanted)):
+                return False
+        return True
+
+    def _claim_into(self, stream: collections.deque[_Item], limit: int = 1) -> bool:
+        """Claim up to `limit` jobs and append their missing frames; False when none was."""
         if self.shutdown.is_set():
             return False
         with self.pool.connection() as connection:
-            jobs = self.queue.claim(connection, limit=1)
+            jobs = self.queue.claim(connection, limit=limit)
             for job in jobs:
                 metrics.JOBS_CLAIMED.inc()
                 metrics.JOB_QUEUE_WAIT.observe(job.queue_wait_seconds)
@@ -208,6 +218,7 @@ class Worker:
                     self._finish_outcome(job, "lease_lost")
                     continue
                 active = _Active(job, time.monotonic(), pending=len(frames))
+                self._frames_per_job = 0.8 * self._frames_per_job + 0.2 * len(frames)
                 log.info(
                     "job %s: claimed video %r, %d frame(s) to embed (attempt %d)",
                     job.id,
