@@ -178,6 +178,15 @@ SET status = 'succeeded', finished_at = now(), lease_token = NULL, lease_expires
 WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
 RETURNING id, frames_total, frames_done, frames_failed, (now() - started_at) AS duration;
 
+-- name: complete_jobs
+-- Several jobs at once (each still fenced by its own token).
+UPDATE argus.embedding_jobs j
+SET status = 'succeeded', finished_at = now(), lease_token = NULL, lease_expires_at = NULL,
+    updated_at = now()
+FROM unnest(%(job_ids)s::bigint[], %(lease_tokens)s::uuid[]) AS f (id, token)
+WHERE j.id = f.id AND j.lease_token = f.token AND j.status = 'running'
+RETURNING j.id;
+
 -- name: fail_job
 -- A job-level failure: back to queued with backoff, or failed once attempts
 -- are used up. Both keep the error in the history.

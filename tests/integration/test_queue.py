@@ -265,3 +265,18 @@ def test_claim_with_a_large_backlog_reads_the_claim_index_in_order(
         "backlog-199991",
     ]
     print(f"claim with a 200k backlog: {elapsed * 1000:.1f} ms")
+
+
+def test_complete_many_is_fenced_per_job(conn: psycopg.Connection[Any]) -> None:
+    for name in "abc":
+        support.add_video(conn, name, ["x"])
+    q = make_queue()
+    jobs = q.claim(conn, limit=3)
+    assert len(jobs) == 3
+    queue.cancel(conn, jobs[1].id)
+    assert q.complete_many(conn, jobs) == {jobs[0].id, jobs[2].id}
+    assert [support.job(conn, job.id)["status"] for job in jobs] == [
+        "succeeded",
+        "cancelled",
+        "succeeded",
+    ]
