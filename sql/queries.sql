@@ -72,6 +72,9 @@ WITH expired AS (
     SELECT j.id
     FROM argus.embedding_jobs j
     WHERE j.status = 'running' AND j.lease_expires_at < now()
+      -- a crash loop backs off too: the next attempt waits 2^attempts s past expiry
+      AND j.lease_expires_at + make_interval(secs => least(600, 2 ^ least(j.attempts, 10)))
+          < now()
       AND (j.model IS NULL OR j.model = %(model)s)
     ORDER BY j.lease_expires_at
     LIMIT %(limit)s
@@ -84,7 +87,7 @@ WITH expired AS (
       AND NOT EXISTS (
           SELECT 1 FROM argus.embedding_jobs r
           WHERE r.status = 'running' AND r.video_id = j.video_id
-            AND r.model = coalesce(j.model, %(model)s))
+            AND coalesce(r.model, %(model)s) = coalesce(j.model, %(model)s))
     ORDER BY j.priority DESC, j.run_at, j.id
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
@@ -131,6 +134,7 @@ UPDATE argus.embedding_jobs j SET
 FROM progress p
 WHERE j.id = p.id
 RETURNING j.id, j.video_id, j.model, j.status, j.priority, j.attempts, j.max_attempts,
+          jsonb_array_length(j.errors) AS failures,
           j.lease_token, j.frames_total, j.frames_done, j.frames_failed, j.run_at,
           (now() - j.run_at) AS queue_wait;
 
@@ -189,11 +193,16 @@ RETURNING j.id;
 
 -- name: fail_job
 -- A job-level failure: back to queued with backoff, or failed once attempts
--- are used up. Both keep the error in the history.
+-- are used up. A transient fault (S3 or network down) gives the attempt back:
+-- an outage longer than the backoffs must not fail jobs; its backoff grows
+-- with the error history instead. Both keep the error in the history.
 UPDATE argus.embedding_jobs
-SET status           = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+SET status           = CASE WHEN NOT %(transient)s AND attempts >= max_attempts
+                            THEN 'failed' ELSE 'queued' END,
+    attempts         = CASE WHEN %(transient)s THEN greatest(attempts - 1, 0) ELSE attempts END,
     run_at           = now() + make_interval(secs => %(backoff_seconds)s),
-    finished_at      = CASE WHEN attempts >= max_attempts THEN now() END,
+    finished_at      = CASE WHEN NOT %(transient)s AND attempts >= max_attempts
+                            THEN now() END,
     lease_token      = NULL,
     lease_expires_at = NULL,
     last_error       = %(error)s,
@@ -221,7 +230,7 @@ SET status = 'cancelled', finished_at = now(), updated_at = now(),
 FROM argus.embedding_jobs j
 WHERE j.id = %(job_id)s AND j.lease_token = %(lease_token)s
   AND d.status = 'queued' AND d.id <> j.id AND d.video_id = j.video_id
-  AND coalesce(d.model, %(model)s) = j.model
+  AND coalesce(d.model, %(model)s) = coalesce(j.model, %(model)s)
 RETURNING d.id, d.priority;
 
 -- name: cancel_job
@@ -271,6 +280,11 @@ LISTEN argus_embedding_jobs;
 
 -- name: models
 SELECT model, dimension, index_kind, partition_name, segment_rows FROM argus.models ORDER BY model;
+
+-- name: session_timeouts
+-- A worker frozen inside a transaction (SIGSTOP, a hung host) must not keep a
+-- job's row locked, or SKIP LOCKED would skip that job for as long as it lives.
+SELECT set_config('idle_in_transaction_session_timeout', %(timeout)s, false);
 
 -- name: ping
 SELECT 1 AS ok;

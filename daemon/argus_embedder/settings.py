@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -79,14 +80,21 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@]*:).*@")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.|'')*'?|[^\s&]+)", re.IGNORECASE)
+
+
 def redact_url(url: str | None) -> str | None:
-    """Hide the password of a libpq URL or key=value string."""
+    """Hide the password of a libpq URL or key=value string.
+
+    Over-masking is fine, a leak is not: the user-info part runs to the last `@` (a
+    password with a raw `@` in it still ends there), a quoted key=value password may hold
+    spaces and escaped quotes, and keywords are matched in any case.
+    """
     if url is None:
         return None
-    import re
-
-    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", url)
+    url = _USERINFO_PASSWORD.sub(r"\1***@", url)
+    return _KEYWORD_PASSWORD.sub(r"\1***", url)
 
 
 def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -13,6 +13,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 import tenacity
+import urllib3.exceptions
 
 from argus_embedder import errors
 from argus_embedder.settings import Settings
@@ -31,6 +32,25 @@ _PERMANENT_S3_CODES = {
     "InvalidObjectState",
     "InvalidRange",
 }
+# 4xx codes that describe the request or the worker (clock, credentials, a slow
+# connection), not the object: every frame would get them, and a fix elsewhere
+# makes them go away, so they must never become a frame's permanent error row.
+_TRANSIENT_S3_CODES = {
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "SignatureDoesNotMatch",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "InternalError",
+    "ServiceUnavailable",
+}
 _TRANSIENT_BOTO_ERRORS = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectionError,
@@ -39,6 +59,10 @@ _TRANSIENT_BOTO_ERRORS = (
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.IncompleteReadError,
     botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.HTTPClientError,
+    # botocore reads an error response's body (a 404's XML) outside its own wrappers,
+    # so a reset or a stall there surfaces as urllib3's ProtocolError/ReadTimeoutError.
+    urllib3.exceptions.HTTPError,
 )
 
 
@@ -96,6 +120,8 @@ class Storage:
         max_connections: int = 32,
         attempts: int = 5,
         max_wait: float = 5.0,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 20.0,
     ) -> None:
         self._bucket = settings.s3_bucket
         self._client: Any = boto3.session.Session().client(
@@ -103,8 +129,8 @@ class Storage:
             endpoint_url=settings.s3_endpoint_url,
             config=botocore.config.Config(
                 max_pool_connections=max_connections,
-                connect_timeout=5,
-                read_timeout=20,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
                 # tenacity below owns retries, so faults are counted and logged once.
                 retries={"total_max_attempts": 1, "mode": "standard"},
             ),
@@ -141,7 +167,9 @@ class Storage:
         except botocore.exceptions.ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-            if code in _PERMANENT_S3_CODES or status in (400, 403, 404):
+            if code not in _TRANSIENT_S3_CODES and (
+                code in _PERMANENT_S3_CODES or status in (400, 403, 404)
+            ):
                 raise errors.FrameError(f"s3://{bucket}/{key}: {code or status}") from error
             raise errors.TransientError(f"s3://{bucket}/{key}: {code or status}") from error
         except botocore.exceptions.ParamValidationError as error:

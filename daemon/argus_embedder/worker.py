@@ -111,7 +111,14 @@ class Worker:
 
     def __enter__(self) -> Worker:
         stack = self._stack
-        self._pool = stack.enter_context(db.pool(self.url, size=4, name="argus-worker"))
+        self._pool = stack.enter_context(
+            db.pool(
+                self.url,
+                size=4,
+                name="argus-worker",
+                idle_in_transaction=self.settings.lease_seconds,
+            )
+        )
         self._fetchers = stack.enter_context(
             concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="argus-fetch")
         )
@@ -308,7 +315,7 @@ class Worker:
             if item.active.finished or not isinstance(output, Exception):
                 continue
             if isinstance(output, errors.TransientError):
-                self._fail_job(item.active, f"transient: {output}")
+                self._fail_job(item.active, f"transient: {output}", transient=True)
             elif not isinstance(output, errors.FrameError):
                 self._fail_job(item.active, f"{type(output).__name__}: {output}")
 
@@ -392,12 +399,12 @@ class Worker:
         duration = self.queue.complete(connection, active.job)
         self._finish_outcome(active.job, "succeeded" if duration is not None else "lease_lost")
 
-    def _fail_job(self, active: _Active, error: str) -> None:
+    def _fail_job(self, active: _Active, error: str, *, transient: bool = False) -> None:
         if active.finished:
             return
         log.warning("job %s: %s", active.job.id, error)
         with self.pool.connection() as connection:
-            status = self.queue.fail(connection, active.job, error)
+            status = self.queue.fail(connection, active.job, error, transient=transient)
         outcome = (
             "lease_lost" if status is None else ("failed" if status == "failed" else "retried")
         )

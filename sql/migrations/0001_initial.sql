@@ -375,7 +375,10 @@ REVOKE ALL ON SCHEMA argus FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA argus FROM PUBLIC;
 GRANT USAGE ON SCHEMA argus TO argus_frame_stage, argus_worker, argus_reader;
 
-GRANT INSERT ON argus.frames, argus.embedding_jobs TO argus_frame_stage;
+GRANT INSERT ON argus.frames TO argus_frame_stage;
+-- Only what enqueueing sets: the frame stage cannot forge status, leases or progress.
+GRANT INSERT (video_id, model, priority, run_at, max_attempts)
+    ON argus.embedding_jobs TO argus_frame_stage;
 GRANT EXECUTE ON FUNCTION argus.enqueue_embedding_job(text, text, integer) TO argus_frame_stage, argus_worker;
 
 GRANT SELECT ON argus.frames, argus.models, argus.segments TO argus_worker;

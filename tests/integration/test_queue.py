@@ -21,7 +21,7 @@ def make_queue(worker: str = "w1", lease: float = 60.0) -> queue.Queue:
 
 def expire(conn: psycopg.Connection[Any], job_id: int) -> None:
     conn.execute(
-        "UPDATE argus.embedding_jobs SET lease_expires_at = now() - interval '1 second' "
+        "UPDATE argus.embedding_jobs SET lease_expires_at = now() - interval '1 hour' "
         "WHERE id = %s",
         (job_id,),
     )

@@ -1,0 +1,886 @@
+"""`argus-embedder bench`: the figures of DESIGN §7, each a ratio measured in one run.
+
+Everything runs for real: JPEG frames 1280x720 (quality 90, textured) served over HTTP by
+moto's S3 server, a scratch database `argus_bench` on ARGUS_DATABASE_URL's server (else the
+embedded PostgreSQL), and the daemon's own Worker for every end-to-end number. A machine
+shared with others makes absolute rates noisy, so each figure divides two rates measured in
+the same run on the same data, each side run at least twice in A B B A order and counted by
+its best run; the absolute rates are reported beside them as context.
+
+`--quick` shrinks every scenario (CI runs it); the full run takes a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import gc
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from argus_embedder import (
+    bench_cpu,
+    bench_data,
+    bench_naive,
+    bench_queue,
+    bench_vectors,
+    db,
+    embedder,
+    index,
+    periodic,
+    tinymodel,
+    worker,
+)
+from argus_embedder.settings import Settings, redact_url
+from argus_embedder.storage import Storage
+
+# DESIGN §7: the figures' keys, in the order of its table, and their goals.
+GOALS: dict[str, tuple[str, float]] = {
+    "e2e_over_model_only": (">=", 0.90),
+    "e2e_over_decode_ceiling": (">=", 0.70),
+    "e2e_over_naive": (">=", 5.0),
+    "small_jobs_over_large_job": (">=", 0.8),
+    "claims_over_peer": (">=", 1.0),
+    "vector_writes_per_second": (">=", 20_000.0),
+    "rss_growth_mb": ("<", 50.0),
+    "e2e_indexed_over_unindexed": (">=", 0.90),
+    "search_recall_at_10": (">=", 0.95),
+}
+MIB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much work each scenario does."""
+
+    name: str
+    distinct_frames: int  # distinct JPEGs in S3; videos cycle through them
+    base_batch_size: int | None  # B/16; None: the device's automatic batch size
+    base_batches: int  # B/16 frames per side, in full batches, over two runs
+    large_job: int  # frames of the one large job; also the decode-ceiling and e2e frames
+    small_jobs: int
+    small_job_frames: int
+    naive_frames: int
+    index_frames: int  # per index kind, over two alternating rounds
+    index_segment_rows: int  # small, so segments seal (and get built) during the run
+    claims: int  # empty jobs per queue library
+    claim_rounds: int  # 2: argus, pgqueuer, pgqueuer, argus (each with half the jobs)
+    claim_workers: int
+    rss_warm_up: int
+    rss_frames: int
+    rss_job_frames: int
+    vectors: int
+    other_index_kinds: tuple[str, ...]  # searched too, for the trade-offs (not a figure)
+
+
+FULL = Plan(
+    name="full",
+    distinct_frames=120,
+    base_batch_size=None,
+    base_batches=4,
+    large_job=1000,
+    small_jobs=200,
+    small_job_frames=5,
+    naive_frames=200,
+    index_frames=1000,
+    index_segment_rows=250,
+    claims=4000,
+    claim_rounds=2,
+    claim_workers=4,
+    rss_warm_up=1000,
+    rss_frames=10_000,
+    rss_job_frames=500,
+    vectors=100_000,
+    other_index_kinds=("ivfflat", "none"),
+)
+QUICK = Plan(
+    name="quick",
+    distinct_frames=24,
+    base_batch_size=2,
+    base_batches=2,
+    large_job=200,
+    small_jobs=40,
+    small_job_frames=5,
+    naive_frames=48,
+    index_frames=200,
+    index_segment_rows=50,
+    claims=400,
+    claim_rounds=1,
+    claim_workers=4,
+    rss_warm_up=200,
+    rss_frames=600,
+    rss_job_frames=200,
+    vectors=10_000,
+    other_index_kinds=(),
+)
+
+
+def main(config: Settings, *, quick: bool = False, as_json: bool = False) -> int:
+    """Run every scenario and print the figures (a table, or one JSON object)."""
+    plan = QUICK if quick else FULL
+    stdout = sys.stdout
+    # Whatever a library prints goes to stderr with the progress; stdout gets the report.
+    with contextlib.redirect_stdout(sys.stderr), _quiet_loggers():
+        report = run(config, plan)
+    if as_json:
+        print(json.dumps(report, indent=2), file=stdout)
+    else:
+        print(render(report), file=stdout)
+    return 0
+
+
+def run(config: Settings, plan: Plan) -> dict[str, Any]:
+    """Set up the world, run the scenarios, and return the report."""
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    progress = _Progress(sys.stderr)
+    with contextlib.ExitStack() as stack:
+        admin_url = _admin_url(config, progress)
+        url = stack.enter_context(bench_data.scratch_database(admin_url))
+        s3 = stack.enter_context(bench_data.s3_endpoint())
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="argus-bench-")))
+        with progress.step("frames", "drawing and uploading textured 1280x720 JPEGs"):
+            frames = bench_data.textured_frames(plan.distinct_frames)
+            uris = bench_data.upload(s3.url, frames)
+        bench = Bench(config, plan, World(url, s3, workdir, frames, uris), progress)
+        bench.run_all()
+    context = bench.context
+    context["machine"] = _machine(load_start)
+    context["database"] = {
+        **bench.versions,
+        "server": "ARGUS_DATABASE_URL" if config.database_url else "embedded",
+        "url": redact_url(admin_url),
+        "scratch_database": bench_data.DATABASE,
+    }
+    context["durations_seconds"] = {**progress.durations, "total": time.perf_counter() - started}
+    return {
+        "figures": {key: bench.figures.get(key) for key in GOALS},
+        "goals": {key: f"{op} {value:g}" for key, (op, value) in GOALS.items()},
+        "context": context,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """What every scenario shares: the database, the S3 server, the frames in it."""
+
+    url: str
+    s3: bench_data.S3Server
+    workdir: Path
+    frames: list[bytes]
+    uris: list[str]
+
+
+class Bench:
+    """The scenarios, sharing one database, one S3 endpoint and the same frames."""
+
+    def __init__(self, config: Settings, plan: Plan, world: World, progress: _Progress) -> None:
+        self.config = config
+        self.plan = plan
+        self.url = world.url
+        self.endpoint = world.s3.url
+        self.workdir = world.workdir
+        self.frames = world.frames
+        self.uris = world.uris
+        self.progress = progress
+        self.figures: dict[str, float | None] = {}
+        self.measurements: dict[str, dict[str, Any]] = {}
+        self.context: dict[str, Any] = {
+            "plan": plan.name,
+            "frames": {
+                "size": list(bench_data.FRAME_SIZE),
+                "jpeg_quality": bench_data.JPEG_QUALITY,
+                "distinct": len(self.frames),
+                "mean_bytes": round(sum(map(len, self.frames)) / len(self.frames)),
+            },
+            "s3": "moto ThreadedMotoServer over HTTP on loopback, in a child process",
+            "measurements": self.measurements,
+        }
+        self.versions = bench_data.server_versions(self.url)
+        with db.connect(self.url, autocommit=True) as connection:
+            postmaster = bench_cpu.postmaster_pid(connection)
+        self.meter = bench_cpu.Meter(world.s3.pid, postmaster)
+        self._videos = 0
+
+    def run_all(self) -> None:
+        # Claims first (before the bulk vectors leave autovacuum and checkpoints behind),
+        # then the vectors while frame ids still start at 1, so segments align.
+        self.claims()
+        self.vectors()
+        tiny = self._load_tiny("siglip-tiny")
+        self.tiny_pipeline(tiny)
+        self.index_kinds()
+        self.rss(tiny)
+        del tiny
+        gc.collect()
+        self.model_only()
+
+    # --- figures ----------------------------------------------------------------
+
+    def vectors(self) -> None:
+        """vector_writes_per_second and search_recall_at_10."""
+        with self.progress.step("vectors", f"{self.plan.vectors:,} clustered 768-d vectors"):
+            result = bench_vectors.run(
+                self.url, self.plan.vectors, other_kinds=self.plan.other_index_kinds
+            )
+        self.figures["vector_writes_per_second"] = result.writes_per_second
+        self.figures["search_recall_at_10"] = result.recall_at_10
+        self.measurements["vectors"] = dataclasses.asdict(result)
+        self.progress.say(
+            f"writes {result.writes_per_second:,.0f} rows/s, recall@10 "
+            f"{result.recall_at_10:.3f}, search {result.search_ms_median:.0f} ms median"
+        )
+
+    def claims(self) -> None:
+        """claims_over_peer: empty jobs claimed and completed by 4 workers, ours vs pgqueuer.
+
+        With two rounds the order is argus, pgqueuer, pgqueuer, argus; each side counts its
+        best round.
+        """
+        plan = self.plan
+        order = ["argus", "pgqueuer"]
+        order += list(reversed(order)) if plan.claim_rounds == 2 else []
+        jobs = plan.claims // plan.claim_rounds
+        drains: dict[str, list[bench_queue.Drain]] = {"argus": [], "pgqueuer": []}
+        peer: bench_queue.Peer | None = None
+        for side in order:
+            if side == "pgqueuer" and peer is not None and peer.drain is None:
+                continue  # unavailable: said once
+            with self.progress.step(
+                f"claims {side}", f"{jobs:,} empty jobs, {plan.claim_workers} workers"
+            ):
+                if side == "argus":
+                    drain = bench_queue.argus(self.url, jobs, plan.claim_workers)
+                    if drain.jobs != jobs:
+                        raise bench_data.BenchError(
+                            f"argus finished {drain.jobs} of {jobs} empty jobs"
+                        )
+                    drains[side].append(drain)
+                else:
+                    peer = bench_queue.pgqueuer(self.url, jobs, plan.claim_workers)
+                    if peer.drain is not None:
+                        drains[side].append(peer.drain)
+        assert peer is not None
+        ours = bench_queue.best(drains["argus"])
+        theirs = bench_queue.best(drains["pgqueuer"]) if drains["pgqueuer"] else None
+        self.figures["claims_over_peer"] = None if theirs is None else ours / theirs
+        self.context["peer"] = {
+            "library": peer.library,
+            "version": peer.version,
+            "reason": peer.reason,
+        }
+        self.measurements["claims"] = {
+            "jobs": plan.claims,
+            "workers": plan.claim_workers,
+            "argus_jobs_per_second": ours,
+            "pgqueuer_jobs_per_second": theirs,
+        }
+        pgqueuer = peer.reason if theirs is None else f"{theirs:,.0f} jobs/s"
+        self.progress.say(f"argus {ours:,.0f} jobs/s, pgqueuer {pgqueuer}")
+
+    def tiny_pipeline(self, tiny: embedder.Embedder) -> None:
+        """e2e_over_decode_ceiling, small_jobs_over_large_job and e2e_over_naive (tiny model).
+
+        Each runs twice, in palindromic order (ceiling, large, small, naive, naive, small,
+        large, ceiling), so a load that drifts while the bench runs weighs on all alike.
+        """
+        plan = self.plan
+        large_job = plan.large_job
+        small_jobs = [plan.small_job_frames] * plan.small_jobs
+        half_ceiling, half_naive = large_job // 2, plan.naive_frames // 2
+        with self.progress.step("warm-up", f"1 job x {tiny.batch_size} frames, not measured"):
+            self._e2e(tiny, [tiny.batch_size])  # first connections, threads, code paths
+        with _quiet():
+            naive = bench_naive.NaiveLoop(
+                Path(tiny.model), model=tiny.model, url=self.url, s3_endpoint=self.endpoint
+            )
+        runs: dict[str, Callable[[], _Measured]] = {
+            "ceiling": lambda: self._decode_ceiling(tiny, half_ceiling),
+            "large job": lambda: self._e2e(tiny, [large_job]),
+            "small jobs": lambda: self._e2e(tiny, small_jobs),
+            "naive": lambda: self._naive(naive, tiny, half_naive),
+        }
+        frames = {
+            "ceiling": half_ceiling,
+            "large job": large_job,
+            "small jobs": sum(small_jobs),
+            "naive": half_naive,
+        }
+        what = {
+            "ceiling": f"{half_ceiling} frames: download+decode+resize only, no model, no DB",
+            "large job": f"1 job x {large_job} frames",
+            "small jobs": f"{plan.small_jobs} jobs x {plan.small_job_frames} frames",
+            "naive": f"{half_naive} frames through the first-draft loop",
+        }
+        tally = _Tally()
+        with naive:
+            naive.warm_up()
+            for name in [*runs, *reversed(runs)]:
+                with self.progress.step(name, what[name]):
+                    tally.add(name, frames[name], runs[name]())
+        large, ceiling = tally.rate("large job"), tally.rate("ceiling")
+        small, slow = tally.rate("small jobs"), tally.rate("naive")
+        self.figures["e2e_over_decode_ceiling"] = large / ceiling
+        self.figures["small_jobs_over_large_job"] = small / large
+        self.figures["e2e_over_naive"] = large / slow
+        self.context["tiny_model"] = _describe(tiny)
+        self.measurements["tiny_pipeline"] = {
+            "e2e_large_job_frames_per_second": large,
+            "decode_ceiling_frames_per_second": ceiling,
+            "decode_ceiling_threads": _fetch_threads(),
+            "e2e_small_jobs_frames_per_second": small,
+            "naive_frames_per_second": slow,
+            "naive_batch_size": bench_naive.BATCH_SIZE,
+            "frames": tally.frames,
+            "runs_frames_per_second": tally.report(),
+            "cpu_ms_per_frame": tally.cpu_ms_per_frame(),
+            "large_job_frames": large_job,
+            "small_jobs": plan.small_jobs,
+            "small_job_frames": plan.small_job_frames,
+        }
+        self.progress.say(
+            f"e2e {large:.0f} frames/s, ceiling {ceiling:.0f}, small jobs {small:.0f}, "
+            f"naive {slow:.1f}"
+        )
+
+    def index_kinds(self) -> None:
+        """e2e_indexed_over_unindexed: the same tiny model registered with hnsw, then none.
+
+        Each kind runs twice, in the order hnsw, none, none, hnsw. The segment indexer runs
+        beside the worker (as in the daemon) and builds segments as they seal, so with hnsw
+        the bulk builds compete with embedding for this machine's cores, as they would for
+        a database server's.
+        """
+        plan = self.plan
+        kinds = ("hnsw", "none")
+        models = {kind: self._load_tiny(f"siglip-tiny-{kind}") for kind in kinds}
+        for kind, model in models.items():
+            with db.connect(self.url, autocommit=True) as connection:
+                index.register(
+                    connection,
+                    model.model,
+                    model.dimension,
+                    kind,
+                    segment_rows=plan.index_segment_rows,
+                )
+        half = plan.index_frames // 2
+        tally = _Tally()
+        for kind in [*kinds, *reversed(kinds)]:
+            model = models[kind]
+            # The daemon's indexer beside the worker, as `run` has it, checking every half
+            # second instead of every CHECK_SECONDS: these runs last seconds, not hours.
+            indexer = dataclasses.replace(index.task(model.model), interval=0.5, first_delay=0)
+            with (
+                self.progress.step(f"index {kind}", f"1 job x {half} frames"),
+                periodic.running(self.url, [indexer], stop=threading.Event()),
+            ):
+                tally.add(kind, half, self._e2e(model, [half]))
+        built = self._segments_indexed(models["hnsw"].model)
+        indexed, unindexed = tally.rate("hnsw"), tally.rate("none")
+        self.figures["e2e_indexed_over_unindexed"] = indexed / unindexed
+        self.measurements["index_kinds"] = {
+            "hnsw_frames_per_second": indexed,
+            "none_frames_per_second": unindexed,
+            "frames_per_kind": 2 * half,
+            "segment_rows": plan.index_segment_rows,
+            "hnsw_segments_indexed": built,
+            "runs_frames_per_second": tally.report(),
+            "cpu_ms_per_frame": tally.cpu_ms_per_frame(),
+        }
+        self.progress.say(f"hnsw {indexed:.0f} frames/s, none {unindexed:.0f} frames/s")
+
+    def rss(self, tiny: embedder.Embedder) -> None:
+        """rss_growth_mb: one long-lived Worker, measured after a warm-up."""
+        plan = self.plan
+        job = plan.rss_job_frames
+        with self.progress.step(
+            "rss", f"{plan.rss_warm_up} frames warm-up, then {plan.rss_frames:,} measured"
+        ):
+            warm_up = self._add_jobs(
+                tiny.model, [job] * max(1, plan.rss_warm_up // job), enqueue=True
+            )
+            measured = self._add_jobs(tiny.model, [job] * max(1, plan.rss_frames // job))
+            with worker.Worker(self._settings(tiny), self.url, tiny) as loop, _PeakRss() as peak:
+                loop.run(burst=True)
+                self._check(tiny.model, warm_up)
+                baseline = _settled_rss()
+                peak.reset()
+                self._enqueue(tiny.model, measured)
+                watch = _Stopwatch(self.meter)
+                loop.run(burst=True)
+                run = watch.stop()
+                final = _settled_rss()
+            self._check(tiny.model, measured)
+        count = sum(len(uris) for uris in measured.values())
+        self.figures["rss_growth_mb"] = (final - baseline) / MIB
+        self.measurements["rss"] = {
+            "frames": count,
+            "jobs": len(measured),
+            "baseline_mb": baseline / MIB,
+            "final_mb": final / MIB,
+            "peak_mb": peak.peak / MIB,
+            "frames_per_second": count / run.seconds,
+            "cpu_ms_per_frame": _Tally.of("worker", count, run).cpu_ms_per_frame()["worker"],
+        }
+        self.progress.say(
+            f"RSS {baseline / MIB:.0f} -> {final / MIB:.0f} MB (peak {peak.peak / MIB:.0f}) "
+            f"over {count:,} frames"
+        )
+
+    def model_only(self) -> None:
+        """e2e_over_model_only: a real-size SigLIP B/16 end to end vs its bare forward.
+
+        Each side runs twice on the same number of frames, forward, e2e, e2e, forward.
+        """
+        with self.progress.step("base model", "building SigLIP B/16 (random weights)"), _quiet():
+            directory = tinymodel.build_base_b16(self.workdir / "siglip2-base-patch16-224-random")
+        base = embedder.load_embedder(
+            str(directory), self.config.device, self.config.batch_size or self.plan.base_batch_size
+        )
+        base.warm_up()
+        batch = base.batch_size
+        half = max(1, self.plan.base_batches // 2) * batch  # whole batches per run
+        prepared = [base.prepare(data) for data in bench_data.cycle(self.frames, half)]
+
+        def forward() -> _Measured:
+            watch = _Stopwatch(self.meter)
+            for start in range(0, half, batch):
+                base.embed(prepared[start : start + batch])
+            return watch.stop()
+
+        runs: dict[str, Callable[[], _Measured]] = {
+            "forward": forward,
+            "e2e": lambda: self._e2e(base, [half]),
+        }
+        what = {
+            "forward": f"{half} frames, forward only, batch {batch}",
+            "e2e": f"1 job x {half} frames, batch {batch}",
+        }
+        tally = _Tally()
+        for name in ("forward", "e2e", "e2e", "forward"):
+            with self.progress.step(f"base {name}", what[name]):
+                tally.add(name, half, runs[name]())
+        e2e, forward_only = tally.rate("e2e"), tally.rate("forward")
+        self.figures["e2e_over_model_only"] = e2e / forward_only
+        self.context["base_model"] = _describe(base)
+        self.measurements["base_model"] = {
+            "e2e_frames_per_second": e2e,
+            "model_only_frames_per_second": forward_only,
+            "frames": tally.frames,
+            "runs_frames_per_second": tally.report(),
+            "cpu_ms_per_frame": tally.cpu_ms_per_frame(),
+        }
+        self.progress.say(f"e2e {e2e:.2f} frames/s, forward only {forward_only:.2f} frames/s")
+
+    # --- helpers ----------------------------------------------------------------
+
+    def _load_tiny(self, name: str) -> embedder.Embedder:
+        with _quiet():
+            directory = tinymodel.build(self.workdir / name, family="siglip")
+        model = embedder.load_embedder(str(directory), self.config.device, self.config.batch_size)
+        model.warm_up()
+        return model
+
+    def _settings(self, model: embedder.Embedder) -> Settings:
+        return dataclasses.replace(
+            self.config,
+            database_url=self.url,
+            model=model.model,
+            batch_size=model.batch_size,
+            s3_bucket=bench_data.BUCKET,
+            s3_endpoint_url=self.endpoint,
+            metrics_port=0,
+            poll_interval=0.1,
+            reconcile_interval=0,
+            worker_id="argus-bench",
+        )
+
+    def _add_jobs(
+        self, model: str, sizes: Sequence[int], *, enqueue: bool = False
+    ) -> dict[str, list[str]]:
+        """New videos of `sizes` frames (their frame rows; jobs only with `enqueue`)."""
+        videos = {}
+        for size in sizes:
+            self._videos += 1
+            videos[f"bench-{self._videos:05d}"] = bench_data.cycle(
+                self.uris, size, start=self._videos
+            )
+        with db.connect(self.url, autocommit=True) as connection:
+            bench_data.add_videos(connection, videos, model=model, enqueue=enqueue)
+        return videos
+
+    def _enqueue(self, model: str, videos: dict[str, list[str]]) -> None:
+        with db.connect(self.url, autocommit=True) as connection:
+            bench_data.add_jobs(connection, videos, model=model)
+
+    def _check(self, model: str, videos: dict[str, list[str]]) -> None:
+        with db.connect(self.url, autocommit=True) as connection:
+            bench_data.check_outcome(
+                connection, model, list(videos), sum(len(uris) for uris in videos.values())
+            )
+
+    def _e2e(self, model: embedder.Embedder, sizes: Sequence[int]) -> _Measured:
+        """The real Worker embedding new jobs of `sizes` frames (burst mode)."""
+        videos = self._add_jobs(model.model, sizes, enqueue=True)
+        with worker.Worker(self._settings(model), self.url, model) as loop:
+            watch = _Stopwatch(self.meter)
+            loop.run(burst=True)
+            measured = watch.stop()
+        self._check(model.model, videos)
+        return measured
+
+    def _decode_ceiling(self, model: embedder.Embedder, frames: int) -> _Measured:
+        """Download, decode and resize `frames` frames on all cores; no model, no DB."""
+        storage = Storage(self._settings(model))
+        uris = bench_data.cycle(self.uris, frames, start=frames)
+
+        def fetch_and_prepare(uri: str) -> None:
+            model.prepare(storage.fetch(uri))
+
+        with concurrent.futures.ThreadPoolExecutor(_fetch_threads()) as pool:
+            watch = _Stopwatch(self.meter)
+            for _ in pool.map(fetch_and_prepare, uris):
+                pass
+            return watch.stop()
+
+    def _naive(
+        self, loop: bench_naive.NaiveLoop, model: embedder.Embedder, frames: int
+    ) -> _Measured:
+        """The first-draft loop over a new video of `frames` frames."""
+        videos = self._add_jobs(model.model, [frames])
+        with db.connect(self.url, autocommit=True) as connection:
+            # The draft wrote straight into the table; the segments it needs exist first.
+            registered = index.register(connection, model.model, model.dimension)
+            ids = [
+                int(row["id"])
+                for video_id in videos
+                for row in connection.execute(
+                    db.queries()["bench_frame_ids"], {"video_id": video_id}
+                )
+            ]
+            index.Segments(registered).ensure(connection, ids)
+        watch = _Stopwatch(self.meter)
+        loop.run(list(videos))
+        measured = watch.stop()
+        self._check(model.model, videos)
+        return measured
+
+    def _segments_indexed(self, model: str) -> int:
+        with db.connect(self.url, autocommit=True) as connection:
+            rows = connection.execute(db.queries()["segment_report"], {"model": model}).fetchall()
+        return sum(1 for row in rows if row["index_name"] is not None)
+
+
+# --- the report ------------------------------------------------------------------
+
+
+def render(report: dict[str, Any]) -> str:
+    """The figures as a table, with their goals and the rates behind them."""
+    context = report["context"]
+    machine = context["machine"]
+    lines = [
+        f"argus-embedder bench ({context['plan']} run) on {machine['cpu']}, "
+        f"{machine['usable_cores']} core(s), device {context['base_model']['device']}, "
+        f"PostgreSQL {context['database']['postgres']} + pgvector "
+        f"{context['database']['pgvector']}, {context['durations_seconds']['total']:.0f} s",
+        "",
+        f"{'figure':<28} {'value':>12}  {'goal':<10} verdict",
+    ]
+    for key, value in report["figures"].items():
+        goal = report["goals"][key]
+        lines.append(f"{key:<28} {_format(value):>12}  {goal:<10} {_verdict(key, value, context)}")
+    lines += ["", "rates behind them (absolute numbers are context: this machine is shared):"]
+    lines += [f"  {line}" for line in _details(context)]
+    return "\n".join(lines)
+
+
+def _cpu(milliseconds: dict[str, float | None]) -> str:
+    names = {"bench": "this process", "s3": "S3 server", "postgres": "PostgreSQL"}
+    return ", ".join(
+        f"{names[part]} {'?' if value is None else f'{value:.1f}'} ms"
+        for part, value in milliseconds.items()
+    )
+
+
+def _format(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3f}"
+
+
+def _verdict(key: str, value: float | None, context: dict[str, Any]) -> str:
+    if value is None:
+        return f"no figure: {context['peer']['reason']}"
+    op, goal = GOALS[key]
+    met = value >= goal if op == ">=" else value < goal
+    return "met" if met else "MISSED"
+
+
+def _details(context: dict[str, Any]) -> list[str]:
+    measured = context["measurements"]
+    base, tiny = measured["base_model"], measured["tiny_pipeline"]
+    kinds, claims = measured["index_kinds"], measured["claims"]
+    vectors, rss = measured["vectors"], measured["rss"]
+    peer = claims["pgqueuer_jobs_per_second"]
+    return [
+        f"B/16 batch {context['base_model']['batch_size']}: e2e "
+        f"{base['e2e_frames_per_second']:.2f} frames/s, forward only "
+        f"{base['model_only_frames_per_second']:.2f} frames/s ({base['frames']['e2e']} "
+        f"frames e2e, {base['frames']['forward']} forward only)",
+        f"  CPU per frame e2e: {_cpu(base['cpu_ms_per_frame']['e2e'])}",
+        f"tiny model: e2e {tiny['e2e_large_job_frames_per_second']:.0f} frames/s, decode "
+        f"ceiling {tiny['decode_ceiling_frames_per_second']:.0f} frames/s "
+        f"({tiny['decode_ceiling_threads']} threads), naive "
+        f"{tiny['naive_frames_per_second']:.1f} frames/s",
+        *[
+            f"  CPU per frame, {name}: {_cpu(cpu)}"
+            for name, cpu in tiny["cpu_ms_per_frame"].items()
+        ],
+        f"tiny model: {tiny['small_jobs']} jobs x {tiny['small_job_frames']} frames "
+        f"{tiny['e2e_small_jobs_frames_per_second']:.0f} frames/s vs 1 x "
+        f"{tiny['large_job_frames']} frames {tiny['e2e_large_job_frames_per_second']:.0f}",
+        f"index kinds: hnsw {kinds['hnsw_frames_per_second']:.0f} frames/s "
+        f"({kinds['hnsw_segments_indexed']} segments built meanwhile), none "
+        f"{kinds['none_frames_per_second']:.0f} frames/s",
+        f"claims, {claims['workers']} workers: argus {claims['argus_jobs_per_second']:,.0f} "
+        f"jobs/s, pgqueuer " + (f"{peer:,.0f} jobs/s" if peer is not None else "n/a"),
+        f"vectors: {vectors['vectors']:,} x 768-d, {vectors['segments_indexed']} segments "
+        f"indexed in {vectors['index_build_seconds']:.1f} s (index "
+        f"{vectors['index_bytes'] / MIB:.0f} MB, table {vectors['table_bytes'] / MIB:.0f} MB), "
+        f"{vectors['late_vectors']:,} "
+        f"written after (late writes {vectors['late_writes_per_second']:,.0f} rows/s), "
+        f"search {vectors['search_ms_median']:.0f} ms median / "
+        f"{vectors['search_ms_p95']:.0f} ms p95",
+        *[
+            f"  same vectors re-indexed {kind['kind']}: {kind['segments_indexed']} segments in "
+            f"{kind['build_seconds']:.1f} s, index {kind['index_bytes'] / MIB:.0f} MB, recall@10 "
+            f"{kind['recall_at_10']:.3f}, search {kind['search_ms_median']:.0f} ms median"
+            for kind in vectors["other_kinds"]
+        ],
+        f"RSS: {rss['baseline_mb']:.0f} MB after warm-up, {rss['final_mb']:.0f} MB after "
+        f"{rss['frames']:,} frames (peak {rss['peak_mb']:.0f} MB, "
+        f"{rss['frames_per_second']:.0f} frames/s)",
+    ]
+
+
+# --- small helpers ---------------------------------------------------------------
+
+
+class _Progress:
+    """Progress lines on stderr, and how long each step took."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.durations: dict[str, float] = {}
+
+    def say(self, text: str) -> None:
+        print(f"bench:   {text}", file=self._stream, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, name: str, what: str) -> Iterator[None]:
+        print(f"bench: {name}: {what}", file=self._stream, flush=True)
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started
+        self.durations[name] = self.durations.get(name, 0.0) + seconds
+        self.say(f"{name}: {seconds:.1f} s")
+
+
+def _admin_url(config: Settings, progress: _Progress) -> str:
+    if config.database_url:
+        progress.say(f"PostgreSQL at {redact_url(config.database_url)}")
+        return config.database_url
+    progress.say(f"embedded PostgreSQL in {db.embedded_data_dir()}")
+    return db.embedded_url(quiet=True)
+
+
+def _machine(load_start: tuple[float, float, float]) -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "load_average_start": [round(value, 2) for value in load_start],
+        "load_average_end": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
+def _describe(model: embedder.Embedder) -> dict[str, Any]:
+    return {
+        "model": Path(model.model).name,
+        "dimension": model.dimension,
+        "batch_size": model.batch_size,
+        "device": model.device,
+        "preprocessing": model.preprocessing,
+    }
+
+
+def _fetch_threads() -> int:
+    """The worker's download+decode pool size (worker.Worker's default)."""
+    return max(4, 4 * (os.cpu_count() or 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Measured:
+    seconds: float
+    cpu: bench_cpu.Sample
+
+
+class _Stopwatch:
+    """Wall time and CPU time (this process, S3, PostgreSQL) from creation to stop()."""
+
+    def __init__(self, meter: bench_cpu.Meter) -> None:
+        self._meter = meter
+        self._cpu = meter.sample()
+        self._started = time.perf_counter()
+
+    def stop(self) -> _Measured:
+        seconds = time.perf_counter() - self._started
+        return _Measured(seconds, self._meter.sample().minus(self._cpu))
+
+
+class _Tally:
+    """Runs by name: frames, seconds and CPU of each repetition.
+
+    A side's rate is its best run's: noise on a shared machine only ever slows a run
+    down, so the fastest repetition is the least disturbed estimate (as timeit takes
+    the minimum), and each side of a figure gets the same treatment.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[str, list[tuple[int, _Measured]]] = {}
+
+    @classmethod
+    def of(cls, name: str, frames: int, measured: _Measured) -> _Tally:
+        tally = cls()
+        tally.add(name, frames, measured)
+        return tally
+
+    def add(self, name: str, frames: int, measured: _Measured) -> None:
+        self._runs.setdefault(name, []).append((frames, measured))
+
+    def rate(self, name: str) -> float:
+        """Frames per second of `name`'s best run."""
+        return max(self.rates(name))
+
+    def rates(self, name: str) -> list[float]:
+        return [frames / measured.seconds for frames, measured in self._runs[name]]
+
+    @property
+    def frames(self) -> dict[str, int]:
+        return {name: sum(frames for frames, _ in runs) for name, runs in self._runs.items()}
+
+    def report(self) -> dict[str, list[float]]:
+        """Every run's frames per second, by name, in the order they ran."""
+        return {name: self.rates(name) for name in self._runs}
+
+    def cpu_ms_per_frame(self) -> dict[str, dict[str, float | None]]:
+        """Per name, over all its runs: CPU milliseconds per frame by process."""
+        report: dict[str, dict[str, float | None]] = {}
+        for name, runs in self._runs.items():
+            frames = sum(count for count, _ in runs)
+            report[name] = {
+                part: _per_frame([getattr(measured.cpu, part) for _, measured in runs], frames)
+                for part in ("bench", "s3", "postgres")
+            }
+        return report
+
+
+def _per_frame(seconds: list[float | None], frames: int) -> float | None:
+    if any(value is None for value in seconds):
+        return None
+    return 1000 * sum(value for value in seconds if value is not None) / frames
+
+
+def _rss() -> int:
+    """This process's resident set size in bytes."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, the best left
+
+
+def _settled_rss() -> int:
+    gc.collect()
+    return _rss()
+
+
+class _PeakRss:
+    """Samples RSS in the background; `peak` is the highest seen since `reset()`."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.peak = 0
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="bench-rss", daemon=True)
+
+    def __enter__(self) -> _PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def reset(self) -> None:
+        self.peak = _rss()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, _rss())
+
+
+@contextlib.contextmanager
+def _quiet_loggers() -> Iterator[None]:
+    """Per-job INFO lines would drown the progress; warnings still show."""
+    names = ("argus_embedder", "pgqueuer", "moto", "werkzeug", "transformers")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No progress bars or config chatter while the bench writes and loads checkpoints."""
+    import transformers
+
+    utils_logging: Any = transformers.utils.logging  # untyped upstream
+    verbosity = utils_logging.get_verbosity()
+    utils_logging.set_verbosity_error()
+    utils_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        utils_logging.set_verbosity(verbosity)
+        utils_logging.enable_progress_bar()

@@ -1,0 +1,69 @@
+"""`argus-embedder bench --quick --json` end to end: every DESIGN §7 figure is reported.
+
+What the figures are worth is the bench's business (and too noisy to assert on 2 shared
+cores); this test pins the contract: one JSON object on stdout, every key of the §7 table
+under "figures", each a number, or null only for the peer-library comparison, with the
+reason it could not run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from argus_embedder import bench
+from tests.conftest import PostgresServer
+
+DESIGN_KEYS = {
+    "e2e_over_model_only",
+    "e2e_over_decode_ceiling",
+    "e2e_over_naive",
+    "small_jobs_over_large_job",
+    "claims_over_peer",
+    "vector_writes_per_second",
+    "rss_growth_mb",
+    "e2e_indexed_over_unindexed",
+    "search_recall_at_10",
+}
+
+
+@pytest.mark.timeout(600)
+def test_quick_bench_reports_every_design_figure(postgres_server: PostgresServer) -> None:
+    # A separate process: the bench runs its own servers, threads and models, and its
+    # stdout must be exactly one JSON object.
+    environment = {
+        **os.environ,
+        "ARGUS_DATABASE_URL": postgres_server.admin_url,
+        "HF_HUB_OFFLINE": "1",
+        "ARGUS_DEVICE": "cpu",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "argus_embedder", "bench", "--quick", "--json"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=580,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads(completed.stdout)
+
+    figures = report["figures"]
+    assert set(figures) == DESIGN_KEYS == set(bench.GOALS)
+    for key, value in figures.items():
+        if value is None:
+            assert key == "claims_over_peer", f"{key} is null"
+            reason = report["context"]["peer"]["reason"]
+            assert "pgqueuer" in reason, reason
+            continue
+        assert isinstance(value, int | float) and math.isfinite(value), (key, value)
+    context = report["context"]
+    assert context["plan"] == "quick"
+    assert context["machine"]["cores"] >= 1
+    assert context["base_model"]["dimension"] == 768
+    assert context["durations_seconds"]["total"] > 0
