@@ -113,6 +113,7 @@ WITH expired AS (
 UPDATE argus.embedding_jobs j SET
     status           = CASE WHEN p.exhausted THEN 'failed' ELSE 'running' END,
     model            = coalesce(j.model, %(model)s),
+    model_resolved   = j.model_resolved OR j.model IS NULL,
     attempts         = CASE WHEN p.exhausted THEN j.attempts ELSE j.attempts + 1 END,
     worker_id        = %(worker_id)s,
     lease_token      = CASE WHEN p.exhausted THEN NULL ELSE gen_random_uuid() END,
@@ -200,6 +201,10 @@ UPDATE argus.embedding_jobs
 SET status           = CASE WHEN NOT %(transient)s AND attempts >= max_attempts
                             THEN 'failed' ELSE 'queued' END,
     attempts         = CASE WHEN %(transient)s THEN greatest(attempts - 1, 0) ELSE attempts END,
+    model            = CASE WHEN model_resolved
+                             AND (%(transient)s OR attempts < max_attempts)
+                            THEN NULL ELSE model END,
+    model_resolved   = model_resolved AND NOT (%(transient)s OR attempts < max_attempts),
     run_at           = now() + make_interval(secs => %(backoff_seconds)s),
     finished_at      = CASE WHEN NOT %(transient)s AND attempts >= max_attempts
                             THEN now() END,
@@ -217,6 +222,7 @@ RETURNING id, status, attempts;
 -- Graceful shutdown: give the lease back without burning the attempt.
 UPDATE argus.embedding_jobs
 SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_token = NULL,
+    model = CASE WHEN model_resolved THEN NULL ELSE model END, model_resolved = false,
     lease_expires_at = NULL, updated_at = now()
 WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
 RETURNING id;
@@ -244,6 +250,7 @@ RETURNING id;
 -- Operator retry of a finished job: queued again with fresh attempts.
 UPDATE argus.embedding_jobs
 SET status = 'queued', run_at = now(), attempts = 0, finished_at = NULL, worker_id = NULL,
+    model = CASE WHEN model_resolved THEN NULL ELSE model END, model_resolved = false,
     updated_at = now()
 WHERE id = %(job_id)s AND status IN ('failed', 'cancelled', 'succeeded')
 RETURNING id;

@@ -64,6 +64,9 @@ CREATE TABLE argus.embedding_jobs (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     video_id         text        NOT NULL,
     model            text        NULL,
+    -- true while `model` holds the claimer's model for a job enqueued with NULL:
+    -- going back to queued restores NULL, so a NULL re-enqueue stays a duplicate
+    model_resolved   boolean     NOT NULL DEFAULT false,
     status           text        NOT NULL DEFAULT 'queued'
                      CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
     priority         integer     NOT NULL DEFAULT 0,

@@ -201,12 +201,6 @@ def _requeue_then_enqueue(connection: psycopg.Connection[Any], video: str) -> No
     queue.enqueue(connection, video, model=None, priority=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a claimed job carries its resolved model, so a NULL-model enqueue "
-    "after it goes back to queued is a twin the unique index cannot see; harmless (the "
-    "twin runs after it and finds nothing to do, claims never raise), see docs/reliability.md",
-)
 def test_one_queued_job_per_video_after_a_release_and_a_new_enqueue(
     conn: psycopg.Connection[Any],
 ) -> None:
