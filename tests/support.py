@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
-from argus_embedder import frames, queue
+from argus_embedder import frames, queue, settings
 
 
 def add_video(
@@ -46,3 +48,32 @@ def embeddings(connection: psycopg.Connection[Any], video_id: str) -> list[dict[
         "JOIN argus.frames f ON f.id = e.frame_id WHERE f.video_id = %s ORDER BY f.frame_index",
         (video_id,),
     ).fetchall()
+
+
+def worker_settings(
+    database_url: str, bucket: str, endpoint: str, model: str, *, batch_size: int, **extra: Any
+) -> settings.Settings:
+    """Settings for an in-process Worker against the test database and S3 endpoint."""
+    values = {
+        "database_url": database_url,
+        "model": model,
+        "device": "cpu",
+        "batch_size": str(batch_size),
+        "s3_bucket": bucket,
+        "s3_endpoint_url": endpoint,
+        "metrics_port": "0",
+        "poll_interval": "0.1",
+        "worker_id": "test-worker",
+        **{key: str(value) for key, value in extra.items()},
+    }
+    return settings.load(env={}, **values)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `predicate` every 50 ms; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,15 +17,6 @@ def upload(
     s3: S3Endpoint, video_id: str, count: int, size: tuple[int, int] = (160, 90)
 ) -> list[str]:
     return [s3.put(f"{video_id}/{i:05d}.jpg", textured_jpeg(i, size)) for i in range(count)]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def assert_each_frame_embedded_once(
@@ -50,12 +40,14 @@ def test_notify_wakes_an_idle_daemon_within_a_second(
 
     support.add_video(conn, "notify", uris, enqueue=False)
     conn.execute("INSERT INTO argus.embedding_jobs (video_id) VALUES ('notify')")
-    wait_for(lambda: support.job(conn, 1)["started_at"] is not None, 5, "the job to be claimed")
+    support.wait_for(
+        lambda: support.job(conn, 1)["started_at"] is not None, 5, "the job to be claimed"
+    )
     job = support.job(conn, 1)
     latency = (job["started_at"] - job["created_at"]).total_seconds()
     print(f"NOTIFY → claim latency: {latency * 1000:.0f} ms")
     assert latency < 1.0
-    wait_for(lambda: support.job(conn, 1)["status"] == "succeeded", 30, "the job to finish")
+    support.wait_for(lambda: support.job(conn, 1)["status"] == "succeeded", 30, "the job to finish")
 
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
@@ -69,7 +61,7 @@ def test_sigterm_mid_job_exits_0_and_a_second_daemon_finishes(
     uris = upload(s3, "long", count, size=(640, 360))
     job_id = support.add_video(conn, "long", uris)
     first = start_daemon(ARGUS_BATCH_SIZE="4")
-    wait_for(lambda: support.job(conn, job_id)["frames_done"] >= 8, 90, "progress")
+    support.wait_for(lambda: support.job(conn, job_id)["frames_done"] >= 8, 90, "progress")
     first.signal(signal.SIGTERM)
     assert first.wait() == 0, first.log()
     job = support.job(conn, job_id)
@@ -92,10 +84,20 @@ def test_sigkill_mid_job_is_reclaimed_after_lease_expiry(
     uris = upload(s3, "killed", count, size=(640, 360))
     job_id = support.add_video(conn, "killed", uris)
     first = start_daemon(ARGUS_BATCH_SIZE="4", ARGUS_LEASE_SECONDS="3")
-    wait_for(lambda: support.job(conn, job_id)["frames_done"] >= 8, 90, "progress")
+    support.wait_for(lambda: support.job(conn, job_id)["frames_done"] >= 8, 90, "progress")
     first.signal(signal.SIGKILL)
     first.wait()
     assert support.job(conn, job_id)["status"] == "running"  # nobody released it
+    # Reclaimable once the lease expired plus the crash backoff (2^attempts s).
+    support.wait_for(
+        lambda: conn.execute(
+            "SELECT lease_expires_at + interval '2 seconds' < now() AS due "
+            "FROM argus.embedding_jobs WHERE id = %s",
+            (job_id,),
+        ).fetchone()["due"],
+        30,
+        "the lease and its backoff to pass",
+    )
 
     second = start_daemon("--burst", ARGUS_BATCH_SIZE="16", ARGUS_LEASE_SECONDS="3")
     assert second.wait(timeout=180) == 0, second.log()

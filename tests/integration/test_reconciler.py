@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,28 +43,7 @@ def tiny_embedder(tiny_siglip_dir: Path) -> embedder.Embedder:
 
 
 def make_settings(database_url: str, s3: S3Endpoint, model: str, **extra: str) -> settings.Settings:
-    values = {
-        "database_url": database_url,
-        "model": model,
-        "device": "cpu",
-        "batch_size": "4",
-        "s3_bucket": s3.bucket,
-        "s3_endpoint_url": s3.url,
-        "metrics_port": "0",
-        "poll_interval": "0.1",
-        "worker_id": "test-worker",
-        **extra,
-    }
-    return settings.load(env={}, **values)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return support.worker_settings(database_url, s3.bucket, s3.url, model, batch_size=4, **extra)
 
 
 def register(conn: psycopg.Connection[Any], model: str = MODEL) -> index.ModelInfo:
@@ -112,9 +90,13 @@ def test_two_halves_with_one_enqueue_end_fully_embedded(
                 first_job = support.add_video(conn, "halves", uris[:12])
             assert first_job is not None
             # The job has listed its frames once it has written a batch of them.
-            wait_for(lambda: support.job(conn, first_job)["frames_done"] > 0, 30, "progress")
+            support.wait_for(
+                lambda: support.job(conn, first_job)["frames_done"] > 0, 30, "progress"
+            )
             support.add_video(conn, "halves", uris[12:], first_index=12, enqueue=False)
-            wait_for(lambda: len(support.embeddings(conn, "halves")) == 24, 60, "all 24 frames")
+            support.wait_for(
+                lambda: len(support.embeddings(conn, "halves")) == 24, 60, "all 24 frames"
+            )
         finally:
             stop.set()
             runner.join(timeout=30)
@@ -226,9 +208,9 @@ def test_the_background_thread_survives_a_lost_connection(
     errors_before = metrics.value("argus_embedder_db_errors_total")
     stop = threading.Event()
     with periodic.running(database_url, [periodic.Task("probe", 0.1, remember)], stop=stop):
-        wait_for(lambda: len(backends) >= 2, 10, "two runs")
+        support.wait_for(lambda: len(backends) >= 2, 10, "two runs")
         conn.execute("SELECT pg_terminate_backend(%s)", (backends[-1],))
-        wait_for(lambda: len(set(backends)) >= 2, 15, "a run on a new connection")
+        support.wait_for(lambda: len(set(backends)) >= 2, 15, "a run on a new connection")
     assert metrics.value("argus_embedder_db_errors_total") >= errors_before + 1
 
 
@@ -371,7 +353,7 @@ def test_two_daemons_with_the_reconciler_never_enqueue_duplicates(
             row = conn.execute("SELECT count(*) AS n FROM argus.frame_embeddings").fetchone()
             return row is not None and row["n"] == 3 * len(videos)
 
-        wait_for(all_embedded, 90, "every frame embedded")
+        support.wait_for(all_embedded, 90, "every frame embedded")
         time.sleep(1.0)  # a few more passes: they must add nothing
         for video in videos:
             jobs = jobs_of(conn, video)

@@ -26,19 +26,7 @@ def tiny_embedder(tiny_siglip_dir: Path) -> embedder.Embedder:
 
 
 def make_settings(database_url: str, s3: S3Endpoint, model: str, **extra: Any) -> settings.Settings:
-    values = {
-        "database_url": database_url,
-        "model": model,
-        "device": "cpu",
-        "batch_size": "8",
-        "s3_bucket": s3.bucket,
-        "s3_endpoint_url": s3.url,
-        "metrics_port": "0",
-        "poll_interval": "0.1",
-        "worker_id": "test-worker",
-        **{key: str(value) for key, value in extra.items()},
-    }
-    return settings.load(env={}, **values)
+    return support.worker_settings(database_url, s3.bucket, s3.url, model, batch_size=8, **extra)
 
 
 def run_burst(
