@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -110,26 +111,34 @@ def template_database(postgres_server: PostgresServer) -> str:
 _DATABASE_COUNTER = itertools.count()
 
 
+@contextlib.contextmanager
+def scratch_database(
+    server: PostgresServer, prefix: str, template: str | None = None
+) -> Iterator[str]:
+    """A new database (a copy of `template`, else empty) for one test, dropped after."""
+    name = f"{prefix}_{os.getpid()}_{next(_DATABASE_COUNTER)}"
+    clause = f" TEMPLATE {template}" if template else ""
+    with psycopg.connect(server.admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}{clause}")
+    try:
+        yield server.url_for(name)
+    finally:
+        with psycopg.connect(server.admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def database_url(postgres_server: PostgresServer, template_database: str) -> Iterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"argus_test_{os.getpid()}_{next(_DATABASE_COUNTER)}"
-    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
-    yield postgres_server.url_for(name)
-    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(postgres_server, "argus_test", template_database) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_database_url(postgres_server: PostgresServer) -> Iterator[str]:
     """A fresh database with no schema at all (for migrate and not-migrated tests)."""
-    name = f"argus_empty_{os.getpid()}_{next(_DATABASE_COUNTER)}"
-    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield postgres_server.url_for(name)
-    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(postgres_server, "argus_empty") as url:
+        yield url
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import psycopg.conninfo
 import pytest
 
 from argus_embedder import errors
-from tests.conftest import S3Endpoint
+from tests.conftest import PostgresServer, S3Endpoint, scratch_database
 from tests.faults import harness, invariants
 from tests.faults.conftest import add_videos, all_final
 from tests.faults.proxy import UnixForwarder
@@ -39,14 +39,10 @@ def future_database_url(database_url: str) -> str:
 
 
 @pytest.fixture
-def migrated_url(postgres_server: Any, template_database: str) -> Iterator[str]:
+def migrated_url(postgres_server: PostgresServer, template_database: str) -> Iterator[str]:
     """A second fresh migrated database."""
-    name = f"argus_faults_{os.getpid()}_{time.monotonic_ns()}"
-    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
-    yield postgres_server.url_for(name)
-    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(postgres_server, "argus_faults", template_database) as url:
+        yield url
 
 
 @pytest.fixture
