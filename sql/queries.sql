@@ -140,21 +140,32 @@ RETURNING j.id, j.video_id, j.model, j.status, j.priority, j.attempts, j.max_att
           (now() - j.run_at) AS queue_wait;
 
 -- name: list_missing_frames
--- Every frame of the job's video without a row for its model, in order; the
--- same statement fixes frames_total to what this listing saw, fenced.
-WITH missing AS (
-    SELECT f.id, f.frame_index, f.image_uri
-    FROM argus.frames f
-    WHERE f.video_id = %(video_id)s
-      AND NOT EXISTS (SELECT 1 FROM argus.frame_embeddings e
+-- For each claimed job (parallel arrays), every frame of its video without a row
+-- for the model, in order; the same statement fixes each job's frames_total to
+-- what this listing saw, fenced. A held job with nothing missing returns one row
+-- with a NULL frame id; a job whose lease is gone returns no row.
+WITH claimed AS (
+    SELECT *
+    FROM unnest(%(job_ids)s::bigint[], %(video_ids)s::text[], %(lease_tokens)s::uuid[])
+         AS c(job_id, video_id, lease_token)
+), missing AS (
+    SELECT c.job_id, f.id, f.frame_index, f.image_uri
+    FROM claimed c
+    JOIN argus.frames f ON f.video_id = c.video_id
+    WHERE NOT EXISTS (SELECT 1 FROM argus.frame_embeddings e
                       WHERE e.frame_id = f.id AND e.model = %(model)s)
 ), fenced AS (
-    UPDATE argus.embedding_jobs
-    SET frames_total = frames_done + (SELECT count(*) FROM missing), updated_at = now()
-    WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
-    RETURNING id
+    UPDATE argus.embedding_jobs j
+    SET frames_total = j.frames_done
+                       + (SELECT count(*) FROM missing m WHERE m.job_id = j.id),
+        updated_at = now()
+    FROM claimed c
+    WHERE j.id = c.job_id AND j.lease_token = c.lease_token AND j.status = 'running'
+    RETURNING j.id
 )
-SELECT m.id, m.image_uri FROM missing m, fenced ORDER BY m.frame_index;
+SELECT fenced.id AS job_id, m.id, m.image_uri
+FROM fenced LEFT JOIN missing m ON m.job_id = fenced.id
+ORDER BY fenced.id, m.frame_index;
 
 -- name: record_progress
 -- Fences a batch write: locks the job row and proves we still hold the lease.

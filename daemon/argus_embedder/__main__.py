@@ -4,4 +4,6 @@ import sys
 
 from argus_embedder import cli
 
-sys.exit(cli.main())
+# Guarded: decode processes (multiprocessing's forkserver) import the main module.
+if __name__ == "__main__":
+    sys.exit(cli.main())

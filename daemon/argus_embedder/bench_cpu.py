@@ -1,4 +1,5 @@
-"""CPU seconds spent by the processes a scenario involves: the bench, S3, PostgreSQL.
+"""CPU seconds spent by the processes a scenario involves: the bench (and its decode
+processes), S3, PostgreSQL.
 
 On a 2-core machine the S3 server and PostgreSQL run on the same cores as the worker, so a
 frame's cost is the sum of the three; reporting each share says where time goes (and which
@@ -27,12 +28,14 @@ class Sample:
     """Cumulative CPU seconds at one instant (None: not measurable here)."""
 
     bench: float
+    decode: float | None  # the worker's decode processes (and their forkserver)
     s3: float | None
     postgres: float | None
 
     def minus(self, earlier: Sample) -> Sample:
         return Sample(
             self.bench - earlier.bench,
+            _difference(self.decode, earlier.decode),
             _difference(self.s3, earlier.s3),
             _difference(self.postgres, earlier.postgres),
         )
@@ -52,7 +55,8 @@ class Meter:
     def sample(self) -> Sample:
         s3 = _process_seconds(self._s3, children=False) if self._s3 else None
         postgres = _tree_seconds(self._postmaster) if self._postmaster else None
-        return Sample(time.process_time(), s3, postgres)
+        skip = {pid for pid in (self._s3, self._postmaster) if pid}
+        return Sample(time.process_time(), _descendants_seconds(skip), s3, postgres)
 
 
 def postmaster_pid(connection: psycopg.Connection[Any]) -> int | None:
@@ -102,4 +106,23 @@ def _tree_seconds(postmaster: int) -> float | None:
                 continue
             if int(fields[1]) == postmaster:
                 total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+def _descendants_seconds(skip: set[int]) -> float | None:
+    """This process's descendants but `skip` (and theirs), reaped children included."""
+    children: dict[int, list[int]] = {}
+    try:
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+    except OSError:
+        return None
+    total, waiting = 0.0, list(children.get(os.getpid(), []))
+    while waiting:
+        pid = waiting.pop()
+        if pid not in skip:
+            total += _process_seconds(pid, children=True) or 0.0
+            waiting.extend(children.get(pid, []))
     return total

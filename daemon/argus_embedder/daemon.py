@@ -17,6 +17,7 @@ from argus_embedder import (
     index,
     metrics,
     periodic,
+    preparing,
     reconciler,
     sdnotify,
     shutdown,
@@ -53,7 +54,14 @@ def run(config: Settings, *, burst: bool = False) -> int:
             # Serve /livez and /metrics during a long first model download too.
             model = _load_model(config, state)
             with (
-                worker.Worker(config, url, model, shutdown=stop, on_beat=state.beat) as loop,
+                worker.Worker(
+                    config,
+                    url,
+                    model,
+                    shutdown=stop,
+                    on_beat=state.beat,
+                    decode_processes=preparing.default_processes(),
+                ) as loop,
                 periodic.running(url, [index.task(config.model)], stop=stop),
                 periodic.running(url, _background(config, model), stop=stop),
             ):

@@ -10,14 +10,12 @@ device, so only uint8 pixels cross the host-device bus.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import hashlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,11 +23,11 @@ import torch
 import transformers
 from PIL import Image
 
-from argus_embedder import errors, images
+from argus_embedder import errors
+from argus_embedder.recipe import Family, PreparedImage, Recipe
 
 log = logging.getLogger(__name__)
 
-Family = Literal["fixed", "naflex"]
 FloatArray = npt.NDArray[np.float32]
 
 # config.model_type -> family; the *_vision_model types are vision-only checkpoints.
@@ -42,57 +40,6 @@ FAMILIES: dict[str, Family] = {
 CPU_BATCH_SIZE = 32
 MAX_AUTO_BATCH_SIZE = 256
 TEXT_LENGTH = 64  # SigLIP text towers were trained on 64 tokens, padded, unmasked
-RECIPE_VERSION = "v1"  # bump when prepare() changes pixels for the same recipe
-_STANDARD_NORMALIZATION = (1 / 255, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class PreparedImage:
-    """One decoded, resized frame: CPU-side uint8 arrays, picklable, ready to stack.
-
-    Fixed family: `pixels` is (height, width, 3). NaFlex: `pixels` is (max_num_patches,
-    patch_size * patch_size * 3) with `mask` and `spatial_shape` set.
-    """
-
-    pixels: npt.NDArray[np.uint8]
-    mask: npt.NDArray[np.int32] | None = None
-    spatial_shape: tuple[int, int] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """The checkpoint's image preprocessing, read from its image processor config."""
-
-    family: Family
-    resample: int
-    rescale_factor: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    size: tuple[int, int] = (0, 0)  # fixed family: (height, width)
-    patch_size: int = 0  # NaFlex family
-    max_num_patches: int = 0  # NaFlex family
-    draft: bool = True  # JPEG reduced-scale decoding (see images.DRAFT_FACTOR)
-
-    @property
-    def id(self) -> str:
-        """Short, stable name of the recipe, stored per vector (e.g. siglip-fixed-224-...)."""
-        resample = _RESAMPLE_NAMES.get(self.resample, f"resample{self.resample}")
-        if self.family == "fixed":
-            height, width = self.size
-            shape = (
-                f"siglip-fixed-{height}" if height == width else f"siglip-fixed-{height}x{width}"
-            )
-        else:
-            shape = f"siglip2-naflex-p{self.patch_size}-n{self.max_num_patches}"
-        parts = [shape, resample]
-        if (self.rescale_factor, self.mean, self.std) != _STANDARD_NORMALIZATION:
-            digest = hashlib.sha256(repr((self.rescale_factor, self.mean, self.std)).encode())
-            parts.append(f"norm{digest.hexdigest()[:6]}")
-        if self.draft:
-            parts.append(f"draft{images.DRAFT_FACTOR}")
-        parts.append(RECIPE_VERSION)
-        return "-".join(parts)
 
 
 class Embedder:
@@ -126,24 +73,11 @@ class Embedder:
 
     def prepare(self, data: bytes) -> PreparedImage:
         """Decode and resize one encoded image; raises errors.FrameError for a bad image."""
-        recipe = self.recipe
-        if recipe.family == "fixed":
-            pixels = images.prepare_fixed(data, recipe.size, recipe.resample, draft=recipe.draft)
-            return PreparedImage(pixels=pixels)
-        patches = images.prepare_naflex(
-            data, recipe.patch_size, recipe.max_num_patches, recipe.resample, draft=recipe.draft
-        )
-        return PreparedImage(patches.pixels, patches.mask, patches.spatial_shape)
+        return self.recipe.prepare(data)
 
     def prepare_image(self, image: Any) -> PreparedImage:
         """Like `prepare` for an already decoded RGB PIL image (no draft decoding)."""
-        recipe = self.recipe
-        if recipe.family == "fixed":
-            return PreparedImage(images.preprocess_fixed(image, recipe.size, recipe.resample))
-        patches = images.preprocess_naflex(
-            image, recipe.patch_size, recipe.max_num_patches, recipe.resample
-        )
-        return PreparedImage(patches.pixels, patches.mask, patches.spatial_shape)
+        return self.recipe.prepare_image(image)
 
     def embed(self, images: Sequence[PreparedImage]) -> FloatArray:
         """(len(batch), dimension) float32 unit vectors, in order.

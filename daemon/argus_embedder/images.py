@@ -229,6 +229,12 @@ class DecodeBudget:
 _BUDGET = DecodeBudget(DECODE_BUDGET_BYTES)
 
 
+def limit_decode_memory(limit: int) -> None:
+    """Set this process's decode budget (a decode process takes its share of the whole)."""
+    global _BUDGET
+    _BUDGET = DecodeBudget(limit)
+
+
 def _decode_cost(image: Image.Image) -> int:
     """Bytes a decode of `image` (at its current, possibly drafted, size) may peak at.
 

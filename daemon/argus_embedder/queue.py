@@ -7,6 +7,7 @@ import datetime
 import logging
 import random
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -99,34 +100,31 @@ class Queue:
             jobs.append(_job(row))
         return jobs
 
-    def missing_frames(self, connection: psycopg.Connection[Any], job: Job) -> list[Frame] | None:
-        """The job's frames still without a row for its model; None if the lease is gone."""
-        with connection.transaction():
-            cursor = connection.execute(
-                db.queries()["list_missing_frames"],
-                {
-                    "video_id": job.video_id,
-                    "model": job.model,
-                    "job_id": job.id,
-                    "lease_token": job.lease_token,
-                },
-            )
-            rows = cursor.fetchall()
-            if not rows and not self.holds(connection, job):
-                return None
-        return [Frame(id=row["id"], image_uri=row["image_uri"]) for row in rows]
+    def missing_frames(
+        self, connection: psycopg.Connection[Any], jobs: Sequence[Job]
+    ) -> dict[int, list[Frame]]:
+        """Each held job's frames still without a row for its model, in one statement.
 
-    def holds(self, connection: psycopg.Connection[Any], job: Job) -> bool:
-        """Whether `job` is still running under our lease token."""
-        row = connection.execute(
-            db.queries()["renew_leases"],
-            {
-                "job_ids": [job.id],
-                "lease_tokens": [job.lease_token],
-                "lease_seconds": self.lease_seconds,
-            },
-        ).fetchone()
-        return row is not None
+        A job whose lease is gone is absent from the result.
+        """
+        missing: dict[int, list[Frame]] = {}
+        for model in {job.model for job in jobs}:
+            of_model = [job for job in jobs if job.model == model]
+            with connection.transaction():
+                cursor = connection.execute(
+                    db.queries()["list_missing_frames"],
+                    {
+                        "job_ids": [job.id for job in of_model],
+                        "video_ids": [job.video_id for job in of_model],
+                        "lease_tokens": [job.lease_token for job in of_model],
+                        "model": model,
+                    },
+                )
+                for row in cursor:
+                    frames = missing.setdefault(row["job_id"], [])
+                    if row["id"] is not None:
+                        frames.append(Frame(id=row["id"], image_uri=row["image_uri"]))
+        return missing
 
     def renew(self, connection: psycopg.Connection[Any], jobs: list[Job]) -> set[int]:
         """Extend the leases of `jobs`; returns the ids still held (others were lost)."""

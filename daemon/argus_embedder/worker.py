@@ -15,6 +15,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import threading
@@ -27,8 +28,9 @@ import numpy.typing as npt
 import psycopg
 import psycopg_pool
 
-from argus_embedder import db, errors, index, metrics, store
+from argus_embedder import db, errors, index, metrics, preparing, store
 from argus_embedder.queue import Frame, Job, Queue
+from argus_embedder.recipe import Recipe
 from argus_embedder.settings import Settings
 from argus_embedder.storage import Storage
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 _LISTEN_SLICE = 0.5  # seconds; how quickly an idle loop notices a shutdown request
 _DB_RETRY_MAX = 30.0
 _EMPTY_CLAIM_BACKOFF = 1.0  # seconds before topping up again after an empty claim
+_DOWNLOAD, _DECODE, _INFER, _WRITE = (
+    metrics.STAGE_DURATION.labels(stage=stage) for stage in ("download", "decode", "infer", "write")
+)
 
 
 class EmbedderLike(Protocol):
@@ -46,6 +51,7 @@ class EmbedderLike(Protocol):
     dimension: int
     batch_size: int
     preprocessing: str
+    recipe: Recipe  # its bound `prepare` pickles: decode processes use it
 
     def prepare(self, data: bytes) -> Any: ...
 
@@ -69,7 +75,7 @@ class _Item:
 
     active: _Active
     frame: Frame
-    future: concurrent.futures.Future[Any] | None = None
+    future: concurrent.futures.Future[preparing.Prepared] | None = None
 
 
 class Worker:
@@ -85,6 +91,7 @@ class Worker:
         shutdown: threading.Event | None = None,
         on_beat: Callable[[], None] | None = None,
         threads: int | None = None,
+        decode_processes: int = 0,
     ) -> None:
         self.settings = settings
         self.url = url
@@ -95,12 +102,13 @@ class Worker:
             model=embedder.model, worker_id=settings.worker_id, lease_seconds=settings.lease_seconds
         )
         self._on_beat = on_beat
-        self._threads = threads or max(4, 4 * (os.cpu_count() or 1))
+        self._threads = threads or default_threads()
+        self._decode_processes = decode_processes
         self._active: dict[int, _Active] = {}
         self._active_lock = threading.Lock()
         self._stack = contextlib.ExitStack()
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._fetchers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._preparer: preparing.Preparer | None = None
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._listener: psycopg.Connection[Any] | None = None
         self._segments: index.Segments | None = None
@@ -119,9 +127,8 @@ class Worker:
                 idle_in_transaction=self.settings.lease_seconds,
             )
         )
-        self._fetchers = stack.enter_context(
-            concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="argus-fetch")
-        )
+        self._preparer = self._start_preparer()
+        stack.callback(self._preparer.close)
         self._writer = stack.enter_context(
             concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="argus-write")
         )
@@ -135,6 +142,14 @@ class Worker:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
+
+    def _start_preparer(self) -> preparing.Preparer:
+        # Threads call the embedder's own prepare (stand-ins in tests override it);
+        # processes need one that pickles: the recipe's.
+        processes = self._decode_processes
+        prepare = self.embedder.recipe.prepare if processes else self.embedder.prepare
+        log.info("fetch and decode: %s", preparing.describe(processes, self._threads))
+        return preparing.start(self.storage, prepare, processes=processes, threads=self._threads)
 
     @property
     def pool(self) -> psycopg_pool.ConnectionPool[Any]:
@@ -217,10 +232,11 @@ class Worker:
             return False
         with self.pool.connection() as connection:
             jobs = self.queue.claim(connection, limit=limit)
+            listed = self.queue.missing_frames(connection, jobs) if jobs else {}
             for job in jobs:
                 metrics.JOBS_CLAIMED.inc()
                 metrics.JOB_QUEUE_WAIT.observe(job.queue_wait_seconds)
-                frames = self.queue.missing_frames(connection, job)
+                frames = listed.get(job.id)
                 if frames is None:
                     self._finish_outcome(job, "lease_lost")
                     continue
@@ -242,12 +258,13 @@ class Worker:
         return bool(jobs)
 
     def _submit_ahead(self, stream: collections.deque[_Item], ahead: int) -> None:
-        assert self._fetchers is not None
-        for position, item in enumerate(stream):
-            if position >= ahead:
-                break
-            if item.future is None:
-                item.future = self._fetchers.submit(self._fetch_and_prepare, item.frame)
+        assert self._preparer is not None
+        waiting = [item for item in itertools.islice(stream, ahead) if item.future is None]
+        if not waiting:
+            return
+        futures = self._preparer.submit([item.frame.image_uri for item in waiting])
+        for item, future in zip(waiting, futures, strict=True):
+            item.future = future
 
     def _take_batch(self, stream: collections.deque[_Item], size: int) -> list[_Item]:
         batch: list[_Item] = []
@@ -261,27 +278,18 @@ class Worker:
             batch.append(item)
         return batch
 
-    def _fetch_and_prepare(self, frame: Frame) -> Any:
-        """Bytes → model input for one frame. Errors are returned, not raised: a
-        FrameError becomes the frame's error row; anything else fails its job."""
-        try:
-            started = time.perf_counter()
-            data = self.storage.fetch(frame.image_uri)
-            fetched = time.perf_counter()
-            prepared = self.embedder.prepare(data)
-            metrics.STAGE_DURATION.labels(stage="download").observe(fetched - started)
-            metrics.STAGE_DURATION.labels(stage="decode").observe(time.perf_counter() - fetched)
-        except Exception as error:  # handed to the batch, which decides per kind
-            log.debug("frame %s: %s", frame.id, error)
-            return error
-        return prepared
-
     def _embed_batch(self, batch: list[_Item]) -> list[store.JobWrite]:
         """Embed the batch's good frames; returns the rows per job (each job's lease kept)."""
         outputs: dict[int, Any] = {}
         for item in batch:
             assert item.future is not None
-            outputs[id(item)] = item.future.result()
+            prepared = item.future.result()
+            outputs[id(item)] = prepared.output
+            if isinstance(prepared.output, Exception):
+                log.debug("frame %s: %s", item.frame.id, prepared.output)
+            else:
+                _DOWNLOAD.observe(prepared.download_seconds)
+                _DECODE.observe(prepared.decode_seconds)
         self._fail_jobs_of_errors(batch, outputs)
         live = [item for item in batch if not item.active.finished]
         good = [item for item in live if not isinstance(outputs[id(item)], Exception)]
@@ -345,7 +353,7 @@ class Worker:
     ) -> dict[int, npt.NDArray[np.float32]]:
         started = time.perf_counter()
         vectors = self.embedder.embed([outputs[id(item)] for item in items])
-        metrics.STAGE_DURATION.labels(stage="infer").observe(time.perf_counter() - started)
+        _INFER.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(items))
         return {id(item): vectors[row] for row, item in enumerate(items)}
 
@@ -361,7 +369,7 @@ class Worker:
                 preprocessing=self.embedder.preprocessing,
                 lease_seconds=self.settings.lease_seconds,
             )
-        metrics.STAGE_DURATION.labels(stage="write").observe(time.perf_counter() - started)
+        _WRITE.observe(time.perf_counter() - started)
         for job_write in writes:
             if job_write.job.id in outcome.lost:
                 continue
@@ -508,6 +516,11 @@ class Worker:
             with contextlib.suppress(psycopg.Error):
                 self._listener.close()
         self._listener = None
+
+
+def default_threads() -> int:
+    """Download+decode threads when the worker decodes in its own process."""
+    return max(4, 4 * (os.cpu_count() or 1))
 
 
 def _group_by_job(items: list[_Item]) -> list[list[_Item]]:

@@ -1,9 +1,12 @@
-"""Scenario 5: a poison job, whose processing always crashes the worker process.
+"""Scenario 5: a poison frame, whose processing always crashes a process.
 
-Every daemon of the fleet runs the real command line with a decoder that segfaults on
-one object (tests/faults/crashing_daemon.py); a supervisor restarts crashed daemons as
-systemd's Restart=on-failure does. The poison job must use its attempts (each crash is
-one), end `failed` with its error history, and the other jobs must all succeed.
+Every daemon of the fleet runs the real command line with one native failure added
+(tests/faults/crashing_daemon.py): a segfault on one object, in the decoder or in the
+model. A decoder crash kills a decode process only: the frame is found by re-running the
+frames in flight one at a time, and becomes an error row; the job succeeds, no daemon
+dies. A model crash kills the daemon: a supervisor restarts it as systemd's
+Restart=on-failure does, and the poison job uses its attempts (each crash is one), ends
+`failed` with its error history, while the other jobs all succeed.
 """
 
 from __future__ import annotations
@@ -28,20 +31,52 @@ CRASHING = [sys.executable, "-m", "tests.faults.crashing_daemon", "run"]
 LEASE_SECONDS = 2.0
 
 
+def add_poison_video(audited: psycopg.Connection[Any], s3: S3Endpoint) -> int:
+    good = [s3.put(f"poison/{i}.jpg", small_jpeg(100 + i)) for i in range(5)]
+    poison_uri = s3.put("poison/crash.jpg", POISON + b" this frame segfaults its process")
+    poison_job = support.add_video(audited, "poison", [*good[:3], poison_uri, *good[3:]])
+    assert poison_job is not None
+    return poison_job
+
+
+def test_a_frame_that_crashes_the_decoder_becomes_an_error_row(
+    audited: psycopg.Connection[Any], s3: S3Endpoint, fleet: harness.Fleet
+) -> None:
+    normal = add_videos(audited, s3, 8, 12)
+    poison_job = add_poison_video(audited, s3)
+    audited.execute("UPDATE argus.embedding_jobs SET priority = 10 WHERE id = %s", (poison_job,))
+    daemons = [fleet.start(command=CRASHING) for _ in range(2)]
+    harness.wait_for(lambda: all_final(audited), 120, "every job to finish", step=0.2)
+
+    job = support.job(audited, poison_job)
+    figures = invariants.check_invariants(audited, daemons=daemons)
+    assert all(daemon.alive() for daemon in daemons), fleet.logs()
+    assert figures.statuses == {"succeeded": len(normal) + 1}
+    assert (job["attempts"], job["frames_done"], job["frames_failed"]) == (1, 6, 1), job
+    error = audited.execute(
+        "SELECT e.error FROM argus.frame_embeddings e JOIN argus.frames f ON f.id = e.frame_id "
+        "WHERE e.error IS NOT NULL"
+    ).fetchall()
+    assert len(error) == 1 and "killed the decode process" in error[0]["error"]
+    retried = invariants.count(
+        audited, "SELECT count(*) FROM argus.embedding_jobs WHERE attempts > 1"
+    )
+    assert retried == 0
+    fleet.drain()
+    invariants.report(figures, "poison-frame-decoder", daemons_died=0, jobs_retried=retried)
+
+
 def test_poison_job_fails_after_max_attempts_and_spares_the_others(
     audited: psycopg.Connection[Any], s3: S3Endpoint, fleet: harness.Fleet
 ) -> None:
     normal = add_videos(audited, s3, 8, 12)
-    good = [s3.put(f"poison/{i}.jpg", small_jpeg(100 + i)) for i in range(5)]
-    poison_uri = s3.put("poison/crash.jpg", POISON + b" this frame segfaults the decoder")
-    poison_job = support.add_video(audited, "poison", [*good[:3], poison_uri, *good[3:]])
-    assert poison_job is not None
+    poison_job = add_poison_video(audited, s3)
     # Claimed first, while the other jobs run: the worst moment for a crash.
     audited.execute(
         "UPDATE argus.embedding_jobs SET max_attempts = 3, priority = 10 WHERE id = %s",
         (poison_job,),
     )
-    env = {"ARGUS_LEASE_SECONDS": str(LEASE_SECONDS)}
+    env = {"ARGUS_LEASE_SECONDS": str(LEASE_SECONDS), "TEST_CRASH_IN": "model"}
     for _ in range(2):
         fleet.start(command=CRASHING, **env)
 

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from argus_embedder import db, queue, store
+from argus_embedder import db, index, queue, store
 from tests import support
 
 MODEL = "test/model"
@@ -102,6 +102,34 @@ def test_stale_token_writes_nothing(conn: psycopg.Connection[Any]) -> None:
     assert support.job(conn, fresh.id)["frames_done"] == 0
 
 
+def test_missing_frames_lists_every_claimed_job_at_once_fenced(
+    conn: psycopg.Connection[Any],
+) -> None:
+    for name, uris in {"a": ["a0", "a1", "a2"], "b": ["b0"], "c": ["c0", "c1"]}.items():
+        support.add_video(conn, name, uris)
+    jobs = {job.video_id: job for job in make_queue().claim(conn, limit=3)}
+    # b's only frame already has a row (an earlier attempt wrote it); c's lease is lost.
+    b_frame = conn.execute("SELECT id FROM argus.frames WHERE video_id = 'b'").fetchone()["id"]
+    index.Segments(index.register(conn, MODEL, 4)).ensure(conn, [b_frame])
+    store.write(
+        conn,
+        [store.JobWrite(jobs["b"], [store.FrameResult(b_frame, error="bad")])],
+        preprocessing="p",
+        lease_seconds=60,
+    )
+    expire(conn, jobs["c"].id)
+    assert [job.video_id for job in make_queue("thief").claim(conn)] == ["c"]
+    conn.execute("UPDATE argus.embedding_jobs SET frames_total = 99 WHERE video_id = 'c'")
+
+    listed = make_queue().missing_frames(conn, list(jobs.values()))
+
+    uris = {job_id: [frame.image_uri for frame in frames] for job_id, frames in listed.items()}
+    assert uris == {jobs["a"].id: ["a0", "a1", "a2"], jobs["b"].id: []}
+    assert support.job(conn, jobs["a"].id)["frames_total"] == 3
+    assert support.job(conn, jobs["b"].id)["frames_total"] == 1  # one done, none missing
+    assert support.job(conn, jobs["c"].id)["frames_total"] == 99  # the thief's, untouched
+
+
 def test_failure_backs_off_then_fails_with_history(conn: psycopg.Connection[Any]) -> None:
     support.add_video(conn, "v", ["x"])
     conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 3")
@@ -189,7 +217,7 @@ def test_cancel_and_retry(conn: psycopg.Connection[Any]) -> None:
     support.add_video(conn, "v", ["x"])
     job = make_queue().claim(conn)[0]
     assert queue.cancel(conn, job.id)
-    assert not make_queue().holds(conn, job)
+    assert make_queue().renew(conn, [job]) == set()
     assert queue.job_status(conn, job.id) == "cancelled"
     assert not queue.cancel(conn, job.id)
     assert queue.retry(conn, job.id)
