@@ -168,14 +168,17 @@ FROM fenced LEFT JOIN missing m ON m.job_id = fenced.id
 ORDER BY fenced.id, m.frame_index;
 
 -- name: record_progress
--- Fences a batch write: locks the job row and proves we still hold the lease.
-UPDATE argus.embedding_jobs
-SET frames_done      = frames_done + %(done)s,
-    frames_failed    = frames_failed + %(failed)s,
+-- Fences a batch write: locks each job's row and proves we still hold its lease
+-- (parallel arrays, one entry per job in the batch); returns the jobs still held.
+UPDATE argus.embedding_jobs j
+SET frames_done      = j.frames_done + p.done,
+    frames_failed    = j.frames_failed + p.failed,
     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
     updated_at       = now()
-WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
-RETURNING id;
+FROM unnest(%(job_ids)s::bigint[], %(lease_tokens)s::uuid[],
+            %(done)s::integer[], %(failed)s::integer[]) AS p (id, token, done, failed)
+WHERE j.id = p.id AND j.lease_token = p.token AND j.status = 'running'
+RETURNING j.id;
 
 -- name: copy_embeddings
 COPY argus.frame_embeddings (frame_id, model, embedding, error, preprocessing)

@@ -152,17 +152,8 @@ class Queue:
 
     def complete_many(self, connection: psycopg.Connection[Any], jobs: list[Job]) -> set[int]:
         """Mark several jobs succeeded in one statement; returns the ids still held."""
-        if not jobs:
-            return set()
         with connection.transaction():
-            rows = connection.execute(
-                db.queries()["complete_jobs"],
-                {
-                    "job_ids": [job.id for job in jobs],
-                    "lease_tokens": [job.lease_token for job in jobs],
-                },
-            ).fetchall()
-        return {row["id"] for row in rows}
+            return complete_jobs(connection, jobs)
 
     def fail(
         self,
@@ -226,6 +217,18 @@ def _job(row: dict[str, Any]) -> Job:
 
 
 # --- operator actions and read-only views ------------------------------------
+
+
+def complete_jobs(connection: psycopg.Connection[Any], jobs: Sequence[Job]) -> set[int]:
+    """Mark `jobs` succeeded in one fenced statement, inside the caller's transaction;
+    returns the ids that were still held."""
+    if not jobs:
+        return set()
+    rows = connection.execute(
+        db.queries()["complete_jobs"],
+        {"job_ids": [job.id for job in jobs], "lease_tokens": [job.lease_token for job in jobs]},
+    ).fetchall()
+    return {row["id"] for row in rows}
 
 
 def enqueue(

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from argus_embedder import db
+from argus_embedder import db, queue
 from argus_embedder.queue import Job
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,10 @@ def write(
     these are is marked succeeded in the same transaction.
     """
     outcome = Outcome()
-    lost = outcome.lost
     with connection.transaction():
-        held: list[JobWrite] = []
-        for job_write in writes:
-            if _record_progress(
-                connection, job_write, len(job_write.results), job_write.failed, lease_seconds
-            ):
-                held.append(job_write)
-            else:
-                lost.add(job_write.job.id)
+        still_held = _record_progress(connection, writes, lease_seconds)
+        held = [job_write for job_write in writes if job_write.job.id in still_held]
+        outcome.lost = {job_write.job.id for job_write in writes} - still_held
         try:
             with connection.transaction():  # savepoint: a conflict must not void the fence
                 _copy(connection, held, preprocessing)
@@ -81,37 +75,27 @@ def write(
             # insert): those frames are finished either way, so skip them.
             held = _without_existing(connection, held)
             _copy(connection, held, preprocessing)
-        for job_write in held:
-            if job_write.complete and _complete(connection, job_write.job):
-                outcome.completed.add(job_write.job.id)
+        outcome.completed = queue.complete_jobs(connection, [w.job for w in held if w.complete])
     return outcome
 
 
-def _complete(connection: psycopg.Connection[Any], job: Job) -> bool:
-    row = connection.execute(
-        db.queries()["complete_job"], {"job_id": job.id, "lease_token": job.lease_token}
-    ).fetchone()
-    return row is not None
-
-
 def _record_progress(
-    connection: psycopg.Connection[Any],
-    job_write: JobWrite,
-    done: int,
-    failed: int,
-    lease_seconds: float,
-) -> bool:
-    row = connection.execute(
+    connection: psycopg.Connection[Any], writes: Sequence[JobWrite], lease_seconds: float
+) -> set[int]:
+    """Every job's progress in one fenced statement; the ids whose lease is still ours."""
+    if not writes:
+        return set()
+    rows = connection.execute(
         db.queries()["record_progress"],
         {
-            "job_id": job_write.job.id,
-            "lease_token": job_write.job.lease_token,
-            "done": done,
-            "failed": failed,
+            "job_ids": [job_write.job.id for job_write in writes],
+            "lease_tokens": [job_write.job.lease_token for job_write in writes],
+            "done": [len(job_write.results) for job_write in writes],
+            "failed": [job_write.failed for job_write in writes],
             "lease_seconds": lease_seconds,
         },
-    ).fetchone()
-    return row is not None
+    ).fetchall()
+    return {row["id"] for row in rows}
 
 
 def _copy(

@@ -160,10 +160,10 @@ def test_worker_frozen_inside_its_write_transaction_does_not_pin_the_job(
             holder.execute(
                 db.queries()["record_progress"],
                 {
-                    "job_id": job.id,
-                    "lease_token": job.lease_token,
-                    "done": 0,
-                    "failed": 0,
+                    "job_ids": [job.id],
+                    "lease_tokens": [job.lease_token],
+                    "done": [0],
+                    "failed": [0],
                     "lease_seconds": 1,
                 },
             )
