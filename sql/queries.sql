@@ -139,6 +139,11 @@ RETURNING j.id, j.video_id, j.model, j.status, j.priority, j.attempts, j.max_att
           j.lease_token, j.frames_total, j.frames_done, j.frames_failed, j.run_at,
           (now() - j.run_at) AS queue_wait;
 
+-- name: commit_lazily
+-- Bookkeeping transactions (claim, listing, lease renewal) commit without waiting
+-- for their WAL flush: see queue._commit_lazily for why losing one is harmless.
+SET LOCAL synchronous_commit = off;
+
 -- name: list_missing_frames
 -- For each claimed job (parallel arrays), every frame of its video without a row
 -- for the model, in order; the same statement fixes each job's frames_total to

@@ -76,6 +76,7 @@ class Queue:
 
     def _claim_rows(self, connection: psycopg.Connection[Any], limit: int) -> list[dict[str, Any]]:
         with connection.transaction():
+            _commit_lazily(connection)
             return connection.execute(
                 db.queries()["claim_jobs"],
                 {
@@ -111,6 +112,7 @@ class Queue:
         for model in {job.model for job in jobs}:
             of_model = [job for job in jobs if job.model == model]
             with connection.transaction():
+                _commit_lazily(connection)
                 cursor = connection.execute(
                     db.queries()["list_missing_frames"],
                     {
@@ -131,6 +133,7 @@ class Queue:
         if not jobs:
             return set()
         with connection.transaction():
+            _commit_lazily(connection)
             rows = connection.execute(
                 db.queries()["renew_leases"],
                 {
@@ -217,6 +220,17 @@ def _job(row: dict[str, Any]) -> Job:
 
 
 # --- operator actions and read-only views ------------------------------------
+
+
+def _commit_lazily(connection: psycopg.Connection[Any]) -> None:
+    """This transaction's commit need not wait for its WAL flush.
+
+    Only for bookkeeping whose loss in a server crash is harmless: a claim that never
+    happened puts the job back to queued, and the claimer's fenced writes then find their
+    lease gone; a lost listing or renewal is redone. Writes of vectors and completions
+    stay durable.
+    """
+    connection.execute(db.queries()["commit_lazily"])
 
 
 def complete_jobs(connection: psycopg.Connection[Any], jobs: Sequence[Job]) -> set[int]:
