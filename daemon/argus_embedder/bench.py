@@ -413,16 +413,16 @@ class Bench:
                 tiny.model, [job] * max(1, plan.rss_warm_up // job), enqueue=True
             )
             measured = self._add_jobs(tiny.model, [job] * max(1, plan.rss_frames // job))
-            with self._worker(tiny) as loop, _PeakRss() as peak:
+            with self._worker(tiny) as loop, _PeakRss(self.meter) as peak:
                 loop.run(burst=True)
                 self._check(tiny.model, warm_up)
-                baseline = _settled_rss()
+                baseline = self._settled_rss()
                 peak.reset()
                 self._enqueue(tiny.model, measured)
                 watch = _Stopwatch(self.meter)
                 loop.run(burst=True)
                 run = watch.stop()
-                final = _settled_rss()
+                final = self._settled_rss()
             self._check(tiny.model, measured)
         count = sum(len(uris) for uris in measured.values())
         self.figures["rss_growth_mb"] = (final - baseline) / MIB
@@ -439,6 +439,10 @@ class Bench:
             f"RSS {baseline / MIB:.0f} -> {final / MIB:.0f} MB (peak {peak.peak / MIB:.0f}) "
             f"over {count:,} frames"
         )
+
+    def _settled_rss(self) -> int:
+        gc.collect()
+        return self.meter.worker_rss()
 
     def model_only(self) -> None:
         """e2e_over_model_only: a real-size SigLIP B/16 end to end vs its bare forward.
@@ -840,27 +844,12 @@ def _per_frame(seconds: list[float | None], frames: int) -> float | None:
     return 1000 * sum(value for value in seconds if value is not None) / frames
 
 
-def _rss() -> int:
-    """This process's resident set size in bytes."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak, the best left
-
-
-def _settled_rss() -> int:
-    gc.collect()
-    return _rss()
-
-
 class _PeakRss:
     """Samples RSS in the background; `peak` is the highest seen since `reset()`."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, meter: bench_cpu.Meter, interval: float = 0.2) -> None:
         self.peak = 0
+        self._meter = meter
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="bench-rss", daemon=True)
@@ -874,11 +863,11 @@ class _PeakRss:
         self._thread.join()
 
     def reset(self) -> None:
-        self.peak = _rss()
+        self.peak = self._meter.worker_rss()
 
     def _sample(self) -> None:
         while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, _rss())
+            self.peak = max(self.peak, self._meter.worker_rss())
 
 
 @contextlib.contextmanager

@@ -55,8 +55,16 @@ class Meter:
     def sample(self) -> Sample:
         s3 = _process_seconds(self._s3, children=False) if self._s3 else None
         postgres = _tree_seconds(self._postmaster) if self._postmaster else None
-        skip = {pid for pid in (self._s3, self._postmaster) if pid}
-        return Sample(time.process_time(), _descendants_seconds(skip), s3, postgres)
+        return Sample(time.process_time(), _descendants_seconds(self.others), s3, postgres)
+
+    @property
+    def others(self) -> set[int]:
+        """The processes that are not the worker's: the S3 server, PostgreSQL."""
+        return {pid for pid in (self._s3, self._postmaster) if pid}
+
+    def worker_rss(self) -> int:
+        """Resident bytes of this process plus its decode processes."""
+        return rss_bytes("self") + sum(rss_bytes(pid) for pid in descendants(self.others) or [])
 
 
 def postmaster_pid(connection: psycopg.Connection[Any]) -> int | None:
@@ -110,7 +118,15 @@ def _tree_seconds(postmaster: int) -> float | None:
 
 
 def _descendants_seconds(skip: set[int]) -> float | None:
-    """This process's descendants but `skip` (and theirs), reaped children included."""
+    """CPU of this process's descendants but `skip` (and theirs), reaped children included."""
+    pids = descendants(skip)
+    if pids is None:
+        return None
+    return sum(_process_seconds(pid, children=True) or 0.0 for pid in pids)
+
+
+def descendants(skip: set[int]) -> list[int] | None:
+    """This process's descendants, less `skip` and theirs (None: no /proc here)."""
     children: dict[int, list[int]] = {}
     try:
         for entry in os.scandir("/proc"):
@@ -119,10 +135,20 @@ def _descendants_seconds(skip: set[int]) -> float | None:
                     children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
     except OSError:
         return None
-    total, waiting = 0.0, list(children.get(os.getpid(), []))
+    found: list[int] = []
+    waiting = list(children.get(os.getpid(), []))
     while waiting:
         pid = waiting.pop()
         if pid not in skip:
-            total += _process_seconds(pid, children=True) or 0.0
+            found.append(pid)
             waiting.extend(children.get(pid, []))
-    return total
+    return found
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """A process's resident set size (0 when it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
-from argus_embedder import errors, images
+from argus_embedder import errors, images, metrics
 from argus_embedder.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class Prepared:
     output: Any
     download_seconds: float = 0.0
     decode_seconds: float = 0.0
+    s3_retries: int = 0  # counted where they happened; a decode process's are replayed
 
 
 class Preparer(Protocol):
@@ -90,8 +91,10 @@ def fetch_and_prepare(storage: Storage, prepare: Prepare, uri: str) -> Prepared:
         fetched = time.perf_counter()
         output = prepare(data)
     except Exception as error:  # handed to the batch, which decides per kind
-        return Prepared(error)
-    return Prepared(output, fetched - started, time.perf_counter() - fetched)
+        return Prepared(error, s3_retries=storage.last_retries())
+    return Prepared(
+        output, fetched - started, time.perf_counter() - fetched, storage.last_retries()
+    )
 
 
 class ThreadPreparer:
@@ -185,7 +188,7 @@ class ProcessPreparer:
             return
         results = task.result() if error is None else [Prepared(error)] * len(chunk)
         for future, result in zip(waiting, results, strict=True):
-            future.set_result(result)
+            _settle(future, result)
 
     def _isolate(
         self, chunk: list[str], waiting: list[concurrent.futures.Future[Prepared]]
@@ -195,9 +198,9 @@ class ProcessPreparer:
         log.warning("a decode process died; re-running %d frame(s) one at a time", len(chunk))
         for uri, future in zip(chunk, waiting, strict=True):
             try:
-                future.set_result(self._alone(uri))
+                _settle(future, self._alone(uri))
             except Exception as error:  # never leave the worker waiting on a future
-                future.set_result(Prepared(error))
+                _settle(future, Prepared(error))
 
     def _alone(self, uri: str) -> Prepared:
         if self._isolator is None:
@@ -215,6 +218,14 @@ class ProcessPreparer:
                     "decoder, or out of memory)"
                 )
             )
+
+
+def _settle(future: concurrent.futures.Future[Prepared], result: Prepared) -> None:
+    """Hand a decode process's result to the worker, replaying its S3 retries into this
+    process's metrics (the child's own counters are never scraped)."""
+    if result.s3_retries:
+        metrics.S3_RETRIES.inc(result.s3_retries)
+    future.set_result(result)
 
 
 def _running_future() -> concurrent.futures.Future[Prepared]:
@@ -271,5 +282,6 @@ def _picklable(result: Prepared) -> Prepared:
     ):
         return result
     with contextlib.suppress(Exception):
-        return Prepared(errors.ArgusError(f"{type(error).__name__}: {error}"))
-    return Prepared(errors.ArgusError(type(error).__name__))
+        named = errors.ArgusError(f"{type(error).__name__}: {error}")
+        return dataclasses.replace(result, output=named)
+    return dataclasses.replace(result, output=errors.ArgusError(type(error).__name__))

@@ -116,9 +116,8 @@ class Queue:
                 cursor = connection.execute(
                     db.queries()["list_missing_frames"],
                     {
-                        "job_ids": [job.id for job in of_model],
+                        **fences(of_model),
                         "video_ids": [job.video_id for job in of_model],
-                        "lease_tokens": [job.lease_token for job in of_model],
                         "model": model,
                     },
                 )
@@ -136,11 +135,7 @@ class Queue:
             _commit_lazily(connection)
             rows = connection.execute(
                 db.queries()["renew_leases"],
-                {
-                    "job_ids": [job.id for job in jobs],
-                    "lease_tokens": [job.lease_token for job in jobs],
-                    "lease_seconds": self.lease_seconds,
-                },
+                {**fences(jobs), "lease_seconds": self.lease_seconds},
             ).fetchall()
         return {row["id"] for row in rows}
 
@@ -222,6 +217,11 @@ def _job(row: dict[str, Any]) -> Job:
 # --- operator actions and read-only views ------------------------------------
 
 
+def fences(jobs: Sequence[Job]) -> dict[str, list[Any]]:
+    """The parallel `job_ids` / `lease_tokens` arrays every many-job statement fences on."""
+    return {"job_ids": [job.id for job in jobs], "lease_tokens": [job.lease_token for job in jobs]}
+
+
 def _commit_lazily(connection: psycopg.Connection[Any]) -> None:
     """This transaction's commit need not wait for its WAL flush.
 
@@ -238,10 +238,7 @@ def complete_jobs(connection: psycopg.Connection[Any], jobs: Sequence[Job]) -> s
     returns the ids that were still held."""
     if not jobs:
         return set()
-    rows = connection.execute(
-        db.queries()["complete_jobs"],
-        {"job_ids": [job.id for job in jobs], "lease_tokens": [job.lease_token for job in jobs]},
-    ).fetchall()
+    rows = connection.execute(db.queries()["complete_jobs"], fences(jobs)).fetchall()
     return {row["id"] for row in rows}
 
 

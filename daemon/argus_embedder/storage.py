@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import re
+import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -149,6 +150,7 @@ class Storage:
             max_connections,
             urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         )
+        self._local = threading.local()
         self._retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(errors.TransientError),
             stop=tenacity.stop_after_attempt(attempts),
@@ -168,7 +170,13 @@ class Storage:
             return _read_file(location.path)
         assert location.bucket is not None and location.key is not None
         bucket, key = location.bucket, location.key
+        self._local.retries = 0
         return self._retrying(lambda: self._get_object(bucket, key))
+
+    def last_retries(self) -> int:
+        """How many times this thread's last `fetch` retried (a decode process reports
+        them to the daemon, whose metrics are the ones scraped)."""
+        return int(getattr(self._local, "retries", 0))
 
     def _get_object(self, bucket: str, key: str) -> bytes:
         name = f"s3://{bucket}/{key}"
@@ -199,11 +207,11 @@ class Storage:
             raise errors.FrameError(f"{name}: {code or status}")
         raise errors.TransientError(f"{name}: {code or status}")
 
-    @staticmethod
-    def _count_retry(state: tenacity.RetryCallState) -> None:
+    def _count_retry(self, state: tenacity.RetryCallState) -> None:
         from argus_embedder import metrics
 
         metrics.S3_RETRIES.inc()
+        self._local.retries = self.last_retries() + 1
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
         log.info("retrying S3 read (attempt %d): %s", state.attempt_number, error)

@@ -88,8 +88,7 @@ def _record_progress(
     rows = connection.execute(
         db.queries()["record_progress"],
         {
-            "job_ids": [job_write.job.id for job_write in writes],
-            "lease_tokens": [job_write.job.lease_token for job_write in writes],
+            **queue.fences([job_write.job for job_write in writes]),
             "done": [len(job_write.results) for job_write in writes],
             "failed": [job_write.failed for job_write in writes],
             "lease_seconds": lease_seconds,

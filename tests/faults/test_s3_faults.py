@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from argus_embedder import embedder, errors, metrics, settings, storage
+from argus_embedder import embedder, errors, metrics, preparing, settings, storage
 from tests import support
 from tests.conftest import S3Endpoint
 from tests.faults import harness, invariants
@@ -65,6 +65,25 @@ def test_each_transient_fault_is_retried_and_absorbed(
     assert proxy.pending() == 0 and proxy.applied[fault.mode] == 2
     assert metrics.value("argus_embedder_s3_retries_total") - retries == 2
     assert time.monotonic() - started < 10
+
+
+def test_retries_in_decode_processes_count_in_the_daemons_metrics(
+    proxy: FaultProxy, s3: S3Endpoint
+) -> None:
+    """The daemon fetches in decode processes, whose own counters nobody scrapes: each
+    frame brings its retries back, and the daemon's counter takes them."""
+    uris = [s3.put(f"obj{i}.jpg", small_jpeg(i)) for i in range(3)]
+    proxy.inject(Fault("error", 2, match="obj1.jpg"))
+    proxy.inject(Fault("reset", 1, match="obj2.jpg"))
+    retries = metrics.value("argus_embedder_s3_retries_total")
+    preparer = preparing.ProcessPreparer(fast_storage(proxy, s3.bucket), len, 1)
+    try:
+        outputs = [future.result(timeout=60) for future in preparer.submit(uris)]
+    finally:
+        preparer.close()
+    assert [result.output for result in outputs] == [len(small_jpeg(i)) for i in range(3)]
+    assert [result.s3_retries for result in outputs] == [0, 2, 1]
+    assert metrics.value("argus_embedder_s3_retries_total") - retries == 3
 
 
 def test_a_fault_that_outlasts_the_retries_is_transient_not_a_frame_error(
