@@ -337,7 +337,7 @@ class Bench:
         self.measurements["tiny_pipeline"] = {
             "e2e_large_job_frames_per_second": large,
             "decode_ceiling_frames_per_second": ceiling,
-            "decode_pool": _decode_pool(),
+            "decode_pool": _decode_pool(self.config.decode_processes),
             "e2e_small_jobs_frames_per_second": small,
             "naive_frames_per_second": slow,
             # The most e2e_over_naive can be here: the worker cannot outrun downloading
@@ -552,7 +552,7 @@ class Bench:
             self._settings(model),
             self.url,
             model,
-            decode_processes=preparing.default_processes(),
+            decode_processes=preparing.processes(self.config.decode_processes),
         )
 
     def _decode_ceiling(self, model: embedder.Embedder, frames: int) -> _Measured:
@@ -563,7 +563,7 @@ class Bench:
         preparer = preparing.start(
             storage,
             model.recipe.prepare,
-            processes=preparing.default_processes(),
+            processes=preparing.processes(self.config.decode_processes),
             threads=worker.default_threads(),
         )
         try:
@@ -767,9 +767,9 @@ def _describe(model: embedder.Embedder) -> dict[str, Any]:
     }
 
 
-def _decode_pool() -> str:
+def _decode_pool(setting: int | None) -> str:
     """The worker's download+decode pool, as the daemon sizes it."""
-    return preparing.describe(preparing.default_processes(), worker.default_threads())
+    return preparing.describe(preparing.processes(setting), worker.default_threads())
 
 
 @dataclasses.dataclass(frozen=True)

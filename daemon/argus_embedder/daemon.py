@@ -60,7 +60,7 @@ def run(config: Settings, *, burst: bool = False) -> int:
                     model,
                     shutdown=stop,
                     on_beat=state.beat,
-                    decode_processes=preparing.default_processes(),
+                    decode_processes=preparing.processes(config.decode_processes),
                 ) as loop,
                 periodic.running(url, [index.task(config.model)], stop=stop),
                 periodic.running(url, _background(config, model), stop=stop),

@@ -62,10 +62,16 @@ class Preparer(Protocol):
     def close(self) -> None: ...
 
 
-def default_processes() -> int:
-    """Decode processes for this host: one per usable core; 0 (threads) on one core."""
+MAX_AUTO_PROCESSES = 16  # ~60 MB each; ~2,000 frames/s of 720p JPEGs at 224 px
+
+
+def processes(setting: int | None) -> int:
+    """ARGUS_DECODE_PROCESSES if set, else one per usable core (at most 16); 0 (threads
+    in the daemon) on one core, where a process would only add a copy."""
+    if setting is not None:
+        return setting
     cores = len(os.sched_getaffinity(0))
-    return cores if cores > 1 else 0
+    return min(cores, MAX_AUTO_PROCESSES) if cores > 1 else 0
 
 
 def start(storage: Storage, prepare: Prepare, *, processes: int, threads: int) -> Preparer:

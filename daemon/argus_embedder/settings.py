@@ -46,6 +46,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ARGUS_POLL_INTERVAL", "poll_interval", "5", "seconds between polls"),
     Variable("ARGUS_WORKER_ID", "worker_id", None, "default hostname:pid"),
     Variable("ARGUS_RECONCILE_INTERVAL", "reconcile_interval", "300", "seconds; 0 disables"),
+    Variable(
+        "ARGUS_DECODE_PROCESSES",
+        "decode_processes",
+        None,
+        "fetch+decode processes; 0: threads in the daemon; unset: one per core, at most 16",
+    ),
 )
 
 
@@ -64,6 +70,7 @@ class Settings:
     poll_interval: float = 5.0
     worker_id: str = dataclasses.field(default_factory=lambda: default_worker_id())
     reconcile_interval: float = 300.0
+    decode_processes: int | None = None  # None: automatic (preparing.processes)
 
     def __repr__(self) -> str:  # never print the database password
         fields = dataclasses.asdict(self)
@@ -147,6 +154,9 @@ def _validate(raw: Mapping[str, str | None]) -> Settings:
         worker_id=raw["worker_id"] or default_worker_id(),
         reconcile_interval=_number(
             raw, "ARGUS_RECONCILE_INTERVAL", "reconcile_interval", minimum=0
+        ),
+        decode_processes=_integer(
+            raw, "ARGUS_DECODE_PROCESSES", "decode_processes", minimum=0, maximum=256, optional=True
         ),
     )
 

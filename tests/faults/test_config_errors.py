@@ -107,6 +107,13 @@ def test_start_up_errors_exit_with_the_right_code_and_one_clear_line(
             "RECONCILE_INTERVAL",
             20,
         ),
+        (
+            "decode processes negative",
+            {"ARGUS_DECODE_PROCESSES": "-1"},
+            errors.EXIT_CONFIG,
+            "DECODE_PROCESSES",
+            20,
+        ),
         ("model corrupt", {"ARGUS_MODEL": str(corrupt)}, errors.EXIT_CONFIG, "corrupt-model", 60),
         (
             "model weightless",
