@@ -101,12 +101,10 @@ WITH expired AS (
     ORDER BY source, priority DESC, run_at, id
     LIMIT %(limit)s
 ), progress AS (
+    -- The video's frames, counted when claimed (an index-only count); what is done
+    -- and failed of them comes with the listing (list_missing_frames), right after.
     SELECT c.id,
            (SELECT count(*) FROM argus.frames f WHERE f.video_id = j.video_id) AS total,
-           (SELECT count(*) FROM argus.frame_embeddings e JOIN argus.frames f ON f.id = e.frame_id
-            WHERE f.video_id = j.video_id AND e.model = %(model)s) AS done,
-           (SELECT count(*) FROM argus.frame_embeddings e JOIN argus.frames f ON f.id = e.frame_id
-            WHERE f.video_id = j.video_id AND e.model = %(model)s AND e.error IS NOT NULL) AS failed,
            c.reclaimed AND j.attempts >= j.max_attempts AS exhausted
     FROM candidate c JOIN argus.embedding_jobs j ON j.id = c.id
 )
@@ -120,8 +118,6 @@ UPDATE argus.embedding_jobs j SET
     lease_expires_at = CASE WHEN p.exhausted THEN NULL
                             ELSE now() + make_interval(secs => %(lease_seconds)s) END,
     frames_total     = p.total,
-    frames_done      = p.done,
-    frames_failed    = p.failed,
     started_at       = coalesce(j.started_at, now()),
     finished_at      = CASE WHEN p.exhausted THEN now() END,
     last_error       = CASE WHEN p.exhausted OR j.status = 'running'
@@ -136,7 +132,7 @@ FROM progress p
 WHERE j.id = p.id
 RETURNING j.id, j.video_id, j.model, j.status, j.priority, j.attempts, j.max_attempts,
           jsonb_array_length(j.errors) AS failures,
-          j.lease_token, j.frames_total, j.frames_done, j.frames_failed, j.run_at,
+          j.lease_token, j.run_at,
           (now() - j.run_at) AS queue_wait;
 
 -- name: commit_lazily
@@ -146,30 +142,36 @@ SET LOCAL synchronous_commit = off;
 
 -- name: list_missing_frames
 -- For each claimed job (parallel arrays), every frame of its video without a row
--- for the model, in order; the same statement fixes each job's frames_total to
--- what this listing saw, fenced. A held job with nothing missing returns one row
--- with a NULL frame id; a job whose lease is gone returns no row.
+-- for the model, in order. The same statement counts the video's frames, those
+-- already finished (a row: vector or error) and failed, into the job's progress
+-- columns, fenced. A held job with nothing missing returns one row with a NULL
+-- frame id; a job whose lease is gone returns no row.
 WITH claimed AS (
     SELECT *
     FROM unnest(%(job_ids)s::bigint[], %(video_ids)s::text[], %(lease_tokens)s::uuid[])
          AS c(job_id, video_id, lease_token)
-), missing AS (
-    SELECT c.job_id, f.id, f.frame_index, f.image_uri
+), listed AS (
+    SELECT c.job_id, f.id, f.frame_index, f.image_uri,
+           e.frame_id IS NOT NULL AS finished, e.error IS NOT NULL AS failed
     FROM claimed c
     JOIN argus.frames f ON f.video_id = c.video_id
-    WHERE NOT EXISTS (SELECT 1 FROM argus.frame_embeddings e
-                      WHERE e.frame_id = f.id AND e.model = %(model)s)
+    LEFT JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = %(model)s
+), counts AS (
+    SELECT job_id, count(*) AS total, count(*) FILTER (WHERE finished) AS done,
+           count(*) FILTER (WHERE failed) AS failed
+    FROM listed GROUP BY job_id
 ), fenced AS (
     UPDATE argus.embedding_jobs j
-    SET frames_total = j.frames_done
-                       + (SELECT count(*) FROM missing m WHERE m.job_id = j.id),
-        updated_at = now()
-    FROM claimed c
+    SET frames_total  = coalesce(n.total, 0),
+        frames_done   = coalesce(n.done, 0),
+        frames_failed = coalesce(n.failed, 0),
+        updated_at    = now()
+    FROM claimed c LEFT JOIN counts n ON n.job_id = c.job_id
     WHERE j.id = c.job_id AND j.lease_token = c.lease_token AND j.status = 'running'
     RETURNING j.id
 )
 SELECT fenced.id AS job_id, m.id, m.image_uri
-FROM fenced LEFT JOIN missing m ON m.job_id = fenced.id
+FROM fenced LEFT JOIN listed m ON m.job_id = fenced.id AND NOT m.finished
 ORDER BY fenced.id, m.frame_index;
 
 -- name: record_progress

@@ -29,9 +29,6 @@ class Job:
     attempts: int
     max_attempts: int
     lease_token: uuid.UUID
-    frames_total: int
-    frames_done: int
-    frames_failed: int
     queue_wait_seconds: float
     failures: int = 0  # entries in its error history when claimed
 
@@ -206,9 +203,6 @@ def _job(row: dict[str, Any]) -> Job:
         attempts=row["attempts"],
         max_attempts=row["max_attempts"],
         lease_token=row["lease_token"],
-        frames_total=row["frames_total"],
-        frames_done=row["frames_done"],
-        frames_failed=row["frames_failed"],
         queue_wait_seconds=max(wait.total_seconds(), 0.0),
         failures=row["failures"],
     )
