@@ -101,11 +101,9 @@ WITH expired AS (
     ORDER BY source, priority DESC, run_at, id
     LIMIT %(limit)s
 ), progress AS (
-    -- The video's frames, counted when claimed (an index-only count); what is done
-    -- and failed of them comes with the listing (list_missing_frames), right after.
-    SELECT c.id,
-           (SELECT count(*) FROM argus.frames f WHERE f.video_id = j.video_id) AS total,
-           c.reclaimed AND j.attempts >= j.max_attempts AS exhausted
+    -- The frame counts come with the listing (list_missing_frames), which the
+    -- claimer runs right after, over the same frames.
+    SELECT c.id, c.reclaimed AND j.attempts >= j.max_attempts AS exhausted
     FROM candidate c JOIN argus.embedding_jobs j ON j.id = c.id
 )
 UPDATE argus.embedding_jobs j SET
@@ -117,7 +115,6 @@ UPDATE argus.embedding_jobs j SET
     lease_token      = CASE WHEN p.exhausted THEN NULL ELSE gen_random_uuid() END,
     lease_expires_at = CASE WHEN p.exhausted THEN NULL
                             ELSE now() + make_interval(secs => %(lease_seconds)s) END,
-    frames_total     = p.total,
     started_at       = coalesce(j.started_at, now()),
     finished_at      = CASE WHEN p.exhausted THEN now() END,
     last_error       = CASE WHEN p.exhausted OR j.status = 'running'

@@ -56,6 +56,7 @@ def test_status_json_gives_sane_rates_and_etas(
     claimer = queue.Queue(model=model, worker_id="gpu-host:0", lease_seconds=60)
     [job] = claimer.claim(conn)
     assert job.video_id == "c"
+    claimer.missing_frames(conn, [job])  # what a worker does right after its claim
     registry.task("gpu-host:0", model=model, device="cuda:0", version="test").run(
         conn, lambda: False
     )
