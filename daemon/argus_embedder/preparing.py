@@ -4,7 +4,9 @@ One daemon process has one GIL, and fetching plus decoding a frame holds it for 
 millisecond of Python (HTTP, Pillow's glue, bookkeeping) even where the C parts release it:
 on a GPU host that caps a threaded worker far below the model. `ProcessPreparer` moves
 fetch and decode into a pool of processes (each with a few threads, so S3 latency
-overlaps), which never import torch; the daemon's own GIL then carries ~0.1 ms per frame.
+overlaps), which never import torch. Measured on the bench's 720p frames: the daemon
+process fell from 5.9 to ~1 ms of CPU per frame (model and writes included), handing a
+frame across costs it ~0.1 ms (docs/performance.md).
 `ThreadPreparer` does the same work in this process (tests with stand-in embedders, one-core
 hosts).
 
