@@ -26,7 +26,15 @@ def clustered(count: int, *, seed: int = 0, clusters: int = 20) -> np.ndarray:
 
 
 def fake_job(model: str = MODEL) -> queue.Job:
-    return queue.Job(0, "v", model, 1, 5, uuid.uuid4(), 0, 0, 0, 0.0)
+    return queue.Job(
+        id=0,
+        video_id="v",
+        model=model,
+        attempts=1,
+        max_attempts=5,
+        lease_token=uuid.uuid4(),
+        queue_wait_seconds=0.0,
+    )
 
 
 def write_vectors(
