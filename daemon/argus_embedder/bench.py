@@ -300,7 +300,7 @@ class Bench:
         half_ceiling, half_naive = large_job // 2, plan.naive_frames // 2
         with self.progress.step("warm-up", f"1 job x {tiny.batch_size} frames, not measured"):
             self._e2e(tiny, [tiny.batch_size])  # first connections, threads, code paths
-        with _quiet():
+        with embedder.quiet_transformers():
             naive = bench_naive.NaiveLoop(
                 Path(tiny.model), model=tiny.model, url=self.url, s3_endpoint=self.endpoint
             )
@@ -449,7 +449,10 @@ class Bench:
 
         Each side runs twice on the same number of frames, forward, e2e, e2e, forward.
         """
-        with self.progress.step("base model", "building SigLIP B/16 (random weights)"), _quiet():
+        with (
+            self.progress.step("base model", "building SigLIP B/16 (random weights)"),
+            embedder.quiet_transformers(),
+        ):
             directory = tinymodel.build_base_b16(self.workdir / "siglip2-base-patch16-224-random")
         base = embedder.load_embedder(
             str(directory), self.config.device, self.config.batch_size or self.plan.base_batch_size
@@ -492,7 +495,7 @@ class Bench:
     # --- helpers ----------------------------------------------------------------
 
     def _load_tiny(self, name: str) -> embedder.Embedder:
-        with _quiet():
+        with embedder.quiet_transformers():
             directory = tinymodel.build(self.workdir / name, family="siglip")
         model = embedder.load_embedder(str(directory), self.config.device, self.config.batch_size)
         model.warm_up()
@@ -883,19 +886,3 @@ def _quiet_loggers() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """No progress bars or config chatter while the bench writes and loads checkpoints."""
-    import transformers
-
-    utils_logging: Any = transformers.utils.logging  # untyped upstream
-    verbosity = utils_logging.get_verbosity()
-    utils_logging.set_verbosity_error()
-    utils_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        utils_logging.set_verbosity(verbosity)
-        utils_logging.enable_progress_bar()

@@ -448,7 +448,7 @@ def _auto_batch_size(device: torch.device, vision_config: Any, recipe: Recipe) -
     return int(min(MAX_AUTO_BATCH_SIZE, 2 ** (fitting.bit_length() - 1)))
 
 
-_quiet_lock = threading.Lock()
+_quiet_lock = threading.RLock()  # re-entrant: a quiet block may load a checkpoint
 
 
 @contextlib.contextmanager
@@ -456,7 +456,8 @@ def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports and progress bars while loading one checkpoint.
 
     Loading a tower from a full checkpoint lists the other tower's weights as "unexpected",
-    which is the point, not news. The settings are process-wide, hence the lock.
+    which is the point, not news. The settings are process-wide, hence the lock; nested
+    blocks leave the outer one's settings in place.
     """
     utils_logging: Any = transformers.utils.logging  # untyped upstream
     with _quiet_lock:

@@ -225,9 +225,9 @@ def _pool_manager(endpoint: str, size: int, timeout: urllib3.Timeout) -> urllib3
         "timeout": timeout,
         "ca_certs": os.environ.get("AWS_CA_BUNDLE") or botocore.httpsession.get_cert_path(True),
     }
-    host = urllib.parse.urlsplit(endpoint).hostname or ""
-    proxy = urllib.request.getproxies().get(urllib.parse.urlsplit(endpoint).scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
+    parts = urllib.parse.urlsplit(endpoint)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
         return urllib3.ProxyManager(proxy, **options)
     return urllib3.PoolManager(**options)
 
