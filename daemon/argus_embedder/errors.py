@@ -36,3 +36,12 @@ class TransientError(ArgusError):
 
 class LeaseLostError(ArgusError):
     """Our lease token no longer matches: another worker owns the job, or it was cancelled."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (its type name when it has none):
+    what a log line or a job's last_error shows of a multi-line library error."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__
