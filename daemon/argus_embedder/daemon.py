@@ -62,9 +62,10 @@ def run(config: Settings, *, burst: bool = False) -> int:
                     on_beat=state.beat,
                     decode_processes=preparing.processes(config.decode_processes),
                 ) as loop,
-                periodic.running(url, [index.task(config.model)], stop=stop),
-                periodic.running(url, _background(config, model), stop=stop),
+                periodic.service(url, [index.task(config.model)], stop=stop) as indexer,
+                periodic.service(url, _background(config, model), stop=stop) as background,
             ):
+                state.watch(indexer, background)
                 state.set_model_warm()
                 state.beat()
                 log.info(

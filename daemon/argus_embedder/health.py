@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from argus_embedder import errors, metrics, settings
 
@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 
 DB_CHECK_TTL = 2.0  # seconds a database check result is reused, so scrapes never hammer the DB
 _REASON_LIMIT = 300  # characters of an exception kept in a reason
+
+
+class Supervised(Protocol):
+    """What /livez asks of a background service (lifecycle.Service)."""
+
+    def failure(self) -> str | None: ...
 
 
 class HealthState:
@@ -52,6 +58,7 @@ class HealthState:
         self._db_check: Callable[[], None] | None = None
         self._db_result: tuple[float, str | None] | None = None  # (checked at, error or None)
         self._details: dict[str, str] = {}
+        self._services: list[Supervised] = []
 
     def beat(self) -> None:
         """The loop went round: liveness is fresh again."""
@@ -90,14 +97,24 @@ class HealthState:
         with self._lock:
             return dict(self._details)
 
+    def watch(self, *services: Supervised) -> None:
+        """Background services whose death makes the daemon not live (systemd restarts it)."""
+        with self._lock:
+            self._services.extend(services)
+
     def live(self) -> tuple[bool, str]:
-        """Whether the loop's heartbeat is fresher than `heartbeat_timeout`, and why not.
+        """Whether the loop's heartbeat is fresher than `heartbeat_timeout` and every
+        watched service runs, and why not.
 
         Before the first beat (model download, warm-up) the process counts as
         live: a start that hangs is systemd's TimeoutStartSec's business.
         """
         with self._lock:
-            last = self._last_beat
+            last, services = self._last_beat, list(self._services)
+        for service in services:
+            failure = service.failure()
+            if failure is not None:
+                return False, f"background service dead: {failure}"
         if last is None:
             return True, "starting: the loop has not run yet"
         age = self._clock() - last

@@ -10,8 +10,8 @@ and records what it found; the others read that record. No leader, no
 session lock (works behind PgBouncer), and a daemon that dies mid-pass only
 delays the next run by an interval.
 
-`running()` drives a list of tasks on one thread with its own connection,
-which it re-opens with backoff after a database restart.
+`service()` drives a list of tasks on one supervised `lifecycle.Service` with
+its own connection, which it re-opens with backoff after a database restart.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from argus_embedder import db, errors, metrics
+from argus_embedder import db, errors, lifecycle, metrics
 
 log = logging.getLogger(__name__)
 
@@ -114,44 +114,45 @@ def records(connection: psycopg.Connection[Any], prefix: str) -> list[PassRecord
 
 @contextlib.contextmanager
 def running(url: str, tasks: Sequence[Task], *, stop: threading.Event) -> Iterator[None]:
-    """Run `tasks` on a background thread until `stop` is set or the block ends."""
-    runner = _Runner(url, list(tasks), stop)
-    thread = threading.Thread(target=runner.loop, name="argus-periodic", daemon=True)
-    thread.start()
-    try:
+    """Run `tasks` on a background service until `stop` is set or the block ends."""
+    with service(url, tasks, stop=stop):
         yield
-    finally:
-        runner.closed.set()
-        thread.join(timeout=15)
+
+
+def service(url: str, tasks: Sequence[Task], *, stop: threading.Event) -> lifecycle.Service:
+    """`tasks` on one supervised thread with its own connection (not started yet)."""
+    runner = _Runner(url, list(tasks))
+    runner.service = lifecycle.Service(
+        "periodic", runner.step, interval=_SLICE, on_stop=runner.shut_down, stop=stop
+    )
+    return runner.service
 
 
 class _Runner:
-    def __init__(self, url: str, tasks: list[Task], stop: threading.Event) -> None:
+    """Runs whichever task is due next; the service calls `step` until stopped."""
+
+    def __init__(self, url: str, tasks: list[Task]) -> None:
         self.url = url
         self.tasks = tasks
-        self.stop = stop
-        self.closed = threading.Event()
+        self.service: lifecycle.Service | None = None
         self._connection: psycopg.Connection[Any] | None = None
         self._failures = 0
+        now = time.monotonic()
+        self._due = {id(task): now + task.first_delay for task in tasks}
 
     def stopping(self) -> bool:
-        return self.stop.is_set() or self.closed.is_set()
+        return self.service is not None and self.service.stopping()
 
-    def loop(self) -> None:
+    def step(self) -> float:
+        """Run the task that is due, if any; returns the seconds until the next one is."""
         if not self.tasks:
-            return
-        now = time.monotonic()
-        due = {id(task): now + task.first_delay for task in self.tasks}
-        try:
-            while not self.stopping():
-                task = min(self.tasks, key=lambda candidate: due[id(candidate)])
-                wait = due[id(task)] - time.monotonic()
-                if wait > 0:
-                    self.closed.wait(min(wait, _SLICE))
-                    continue
-                due[id(task)] = time.monotonic() + self._run(task)
-        finally:
-            self._shut_down()
+            return 3600.0
+        task = min(self.tasks, key=lambda candidate: self._due[id(candidate)])
+        wait = self._due[id(task)] - time.monotonic()
+        if wait > 0:
+            return wait
+        self._due[id(task)] = time.monotonic() + self._run(task)
+        return max(0.0, min(self._due.values()) - time.monotonic())
 
     def _run(self, task: Task) -> float:
         """Run `task` once; returns the seconds until its next run."""
@@ -163,14 +164,14 @@ class _Runner:
             self._close()
             self._failures += 1
             delay = min(_RETRY_MAX, 2.0 ** min(self._failures, 5))
-            log.warning("%s: %s; retrying in %.0fs", task.name, _line(error), delay)
+            log.warning("%s: %s; retrying in %.0fs", task.name, errors.first_line(error), delay)
             return delay
         except psycopg.Error as error:
-            log.warning("%s failed: %s", task.name, _line(error))
+            log.warning("%s failed: %s", task.name, errors.first_line(error))
             if self._connection is not None and self._connection.broken:
                 self._close()
             return task.interval
-        except Exception:  # a bug must not take the daemon's loop down with it
+        except Exception:  # a bug in one task must not stop the others
             log.exception("%s failed", task.name)
             return task.interval
         self._failures = 0
@@ -187,7 +188,7 @@ class _Runner:
                 self._connection.close()
         self._connection = None
 
-    def _shut_down(self) -> None:
+    def shut_down(self) -> None:
         connection = self._connection
         # Best effort on the open connection only: a stop must not wait on a dead database.
         for task in self.tasks:
@@ -196,10 +197,5 @@ class _Runner:
             try:
                 task.on_stop(connection)
             except psycopg.Error as error:
-                log.debug("%s: not recorded at stop: %s", task.name, _line(error))
+                log.debug("%s: not recorded at stop: %s", task.name, errors.first_line(error))
         self._close()
-
-
-def _line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

@@ -12,8 +12,9 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable, Iterator
+
+from argus_embedder import lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +116,12 @@ def watchdog_pinger(healthy: Callable[[], bool]) -> Iterator[float | None]:
     if interval is None:
         yield None
         return
-    stop = threading.Event()
 
     def ping() -> None:
-        while True:
-            if healthy():
-                watchdog()
-            else:
-                log.warning("worker loop unhealthy: withholding the systemd watchdog ping")
-            if stop.wait(interval):
-                return
+        if healthy():
+            watchdog()
+        else:
+            log.warning("worker loop unhealthy: withholding the systemd watchdog ping")
 
-    thread = threading.Thread(target=ping, name="argus-watchdog", daemon=True)
-    thread.start()
-    try:
+    with lifecycle.Service("watchdog", ping, interval=interval):
         yield interval
-    finally:
-        stop.set()
-        thread.join(timeout=5)

@@ -264,3 +264,22 @@ def test_a_busy_port_is_a_clear_error(state: health.HealthState) -> None:
             health.serve(busy, state, host="127.0.0.1"),
         ):
             pass
+
+
+def test_a_dead_background_service_fails_liveness() -> None:
+    class Service:
+        dead: str | None = None
+
+        def failure(self) -> str | None:
+            return self.dead
+
+    state = health.HealthState(heartbeat_timeout=60)
+    service = Service()
+    state.watch(service)
+    state.beat()
+    assert state.live() == (True, "ok")
+    service.dead = "lease-keeper failed 5 times in a row: boom"
+    assert state.live() == (
+        False,
+        "background service dead: lease-keeper failed 5 times in a row: boom",
+    )
