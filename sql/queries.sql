@@ -42,10 +42,6 @@ SELECT lower_bound FROM argus.sealed_segments(%(model)s, make_interval(secs => %
 -- name: index_segment
 SELECT argus.index_segment(%(model)s, %(lower_bound)s) AS index_name;
 
--- name: indexer_lock
--- What argus.index_segment takes; tests hold it to stand in for another builder.
-SELECT pg_advisory_xact_lock(hashtext('argus-embedder:indexer'));
-
 -- name: segment_report
 SELECT s.lower_bound, s.upper_bound, s.index_name, s.indexed_at
 FROM argus.segments s WHERE s.model = %(model)s ORDER BY s.lower_bound;
@@ -288,9 +284,6 @@ SELECT id, video_id, model, worker_id, attempts, frames_total, frames_done, fram
        extract(epoch FROM now() - started_at)::double precision AS running_seconds,
        extract(epoch FROM lease_expires_at - now())::double precision AS lease_left_seconds
 FROM argus.embedding_jobs WHERE status = 'running' ORDER BY started_at, id;
-
--- name: stats_lock
-SELECT pg_try_advisory_xact_lock(hashtext('argus-embedder:queue-stats')) AS locked;
 
 -- name: search_frames
 SELECT frame_id, video_id, frame_index, timestamp_ms, image_uri, score

@@ -34,10 +34,6 @@ class TransientError(ArgusError):
     """A fault worth retrying (S3 5xx, timeouts, connection resets)."""
 
 
-class LeaseLostError(ArgusError):
-    """Our lease token no longer matches: another worker owns the job, or it was cancelled."""
-
-
 def first_line(error: BaseException) -> str:
     """The first non-empty line of an error's message (its type name when it has none):
     what a log line or a job's last_error shows of a multi-line library error."""

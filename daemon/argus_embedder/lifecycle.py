@@ -12,10 +12,9 @@ every lease it holds would lapse.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 
 from argus_embedder import errors
@@ -144,12 +143,3 @@ class Service:
             self._on_stop()
         except Exception as error:  # best effort at stop: never hang or raise on the way out
             log.debug("%s: stop hook failed: %s", self.name, errors.first_line(error))
-
-
-@contextlib.contextmanager
-def running(*services: Service) -> Iterator[tuple[Service, ...]]:
-    """Start `services`, yield them, stop and join them all on the way out."""
-    with contextlib.ExitStack() as stack:
-        for service in services:
-            stack.enter_context(service)
-        yield services

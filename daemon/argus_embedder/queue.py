@@ -272,7 +272,3 @@ def stats(connection: psycopg.Connection[Any]) -> QueueStats:
     oldest = connection.execute(db.queries()["oldest_queued"]).fetchone()
     age = None if oldest is None else oldest["age_seconds"]
     return QueueStats(jobs=counts, oldest_queued_seconds=age)
-
-
-def running(connection: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    return connection.execute(db.queries()["running_jobs"]).fetchall()

@@ -30,10 +30,6 @@ FROM argus.frames f
 LEFT JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = %(model)s
 WHERE f.video_id = ANY(%(video_ids)s);
 
--- name: bench_maintenance_memory
--- Session-local: lets a bulk index build sort in memory, as an operator would allow.
-SELECT set_config('maintenance_work_mem', %(memory)s, false) AS maintenance_work_mem;
-
 -- name: bench_naive_frames
 -- The first draft's get_frames(video_id).
 SELECT id, image_uri FROM argus.frames WHERE video_id = %(video_id)s ORDER BY frame_index;
