@@ -181,3 +181,23 @@ def test_one_indexer_at_a_time(database_url: str, conn: psycopg.Connection[Any])
         assert index.build_sealed(conn, MODEL) == []
         other.rollback()
     assert len(index.build_sealed(conn, MODEL)) == 1
+
+
+@pytest.mark.parametrize("limit", [600, 1000])
+def test_regression_bug7_a_limit_above_500_still_searches(
+    conn: psycopg.Connection[Any], limit: int
+) -> None:
+    """Regression (issue 16 bug 7): search set hnsw.ef_search to 2 x limit, past pgvector's
+    maximum of 1000, so every limit from 501 to 1000 (the CLI's maximum) failed."""
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=400)
+    ids = add_frames(conn, 1200)
+    vectors = clustered(1200, seed=4)
+    write_vectors(conn, model, ids, vectors)
+    assert len(index.build_sealed(conn, MODEL)) == 3  # every vector behind an HNSW index
+    hits = search.search(conn, MODEL, vectors[0], limit=limit)
+    assert len(hits) == limit  # iterative scans go past ef_search
+    assert len({hit.frame_id for hit in hits}) == limit
+    scores = [hit.score for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+    exact = {ids[i] for i in np.argsort(-(vectors @ vectors[0]))[:limit]}
+    assert len(exact & {hit.frame_id for hit in hits}) >= 0.95 * limit
