@@ -62,7 +62,9 @@ def register(
             f"but the checkpoint gives {dimension}"
         )
     wanted = kind or (current.index_kind if current else DEFAULT_KIND)
-    if current is None or wanted != current.index_kind or segment_rows is not None:
+    # An explicit kind always goes to the database, even unchanged: that call also
+    # drops ANN indexes the segments do not record (orphans of an interrupted change).
+    if current is None or kind is not None or segment_rows is not None:
         try:
             with connection.transaction():
                 connection.execute(

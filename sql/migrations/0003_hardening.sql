@@ -73,3 +73,68 @@ BEGIN
     USING p_query, p_model, p_video_id, p_project_id, p_limit;
 END;
 $$;
+
+-- Register a model or change its index kind (the schema owner's, via `migrate
+-- --model M --index K`). A kind change waits for a running build: the build
+-- holds the indexer lock inside its transaction, and a change that looked
+-- before the build committed would miss its index, then clear the segment's
+-- index_name once the build committed, leaving the index orphaned. Any ANN
+-- index on the model's segments that is not the recorded one (such an orphan,
+-- or the indexes of the old kind) is dropped, found from the catalog rather
+-- than from argus.segments, which is what lost track of it.
+CREATE OR REPLACE FUNCTION argus.ensure_model_index(
+    p_model text, p_dimension integer, p_kind text, p_segment_rows bigint DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_partition text := 'frame_embeddings_' || left(md5(p_model), 16);
+    v_old       argus.models%ROWTYPE;
+    v_index     text;
+BEGIN
+    IF p_kind NOT IN ('hnsw', 'ivfflat', 'none') THEN
+        RAISE EXCEPTION 'unknown index kind % (use hnsw, ivfflat or none)', p_kind
+            USING ERRCODE = '22023';
+    END IF;
+    -- The indexer lock first: a model lock held while waiting for a build would
+    -- stall every writer that needs a new segment (argus.ensure_segments).
+    IF EXISTS (SELECT 1 FROM argus.models WHERE model = p_model) THEN
+        PERFORM pg_advisory_xact_lock(hashtext('argus-embedder:indexer'));
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('argus-embedder:model:' || p_model));
+    SELECT * INTO v_old FROM argus.models WHERE model = p_model FOR UPDATE;
+    IF FOUND AND v_old.dimension <> p_dimension THEN
+        RAISE EXCEPTION 'model % is registered with dimension %, not %',
+            p_model, v_old.dimension, p_dimension USING ERRCODE = '22023';
+    END IF;
+    IF NOT FOUND THEN
+        EXECUTE format(
+            'CREATE TABLE IF NOT EXISTS argus.%I PARTITION OF argus.frame_embeddings '
+            'FOR VALUES IN (%L) PARTITION BY RANGE (frame_id)', v_partition, p_model);
+        INSERT INTO argus.models (model, dimension, index_kind, partition_name, segment_rows)
+        VALUES (p_model, p_dimension, p_kind, v_partition, coalesce(p_segment_rows, 100000));
+        RETURN v_partition;
+    END IF;
+    IF v_old.index_kind <> p_kind THEN
+        UPDATE argus.segments SET index_name = NULL, indexed_at = NULL WHERE model = p_model;
+    END IF;
+    FOR v_index IN
+        SELECT i.relname
+        FROM pg_inherits h
+        JOIN pg_class t ON t.oid = h.inhrelid
+        JOIN pg_index x ON x.indrelid = t.oid
+        JOIN pg_class i ON i.oid = x.indexrelid
+        JOIN pg_am a ON a.oid = i.relam
+        WHERE h.inhparent = format('argus.%I', v_old.partition_name)::regclass
+          AND a.amname IN ('hnsw', 'ivfflat')
+          AND NOT EXISTS (SELECT 1 FROM argus.segments s
+                          WHERE s.model = p_model AND s.partition_name = t.relname
+                            AND s.index_name = i.relname)
+    LOOP
+        EXECUTE format('DROP INDEX argus.%I', v_index);
+    END LOOP;
+    UPDATE argus.models
+    SET index_kind = p_kind, segment_rows = coalesce(p_segment_rows, segment_rows)
+    WHERE model = p_model;
+    RETURN v_old.partition_name;
+END;
+$$;
