@@ -106,6 +106,14 @@ BEGIN
         RAISE EXCEPTION 'model % is registered with dimension %, not %',
             p_model, v_old.dimension, p_dimension USING ERRCODE = '22023';
     END IF;
+    -- Segments are ranges of segment_rows frame ids: another size would make new
+    -- segments overlap the existing ones, and every write into them fail.
+    IF FOUND AND p_segment_rows <> v_old.segment_rows
+       AND EXISTS (SELECT 1 FROM argus.segments WHERE model = p_model) THEN
+        RAISE EXCEPTION 'model % already has segments of % frame ids; its segment size '
+            'cannot change to %', p_model, v_old.segment_rows, p_segment_rows
+            USING ERRCODE = '22023';
+    END IF;
     IF NOT FOUND THEN
         EXECUTE format(
             'CREATE TABLE IF NOT EXISTS argus.%I PARTITION OF argus.frame_embeddings '
@@ -138,3 +146,42 @@ BEGIN
     RETURN v_old.partition_name;
 END;
 $$;
+
+-- Frame ids are the identity's, always > 0: an id <= 0 or near 2^63 fits no
+-- segment and failed every write of its video, and a huge one stretched every
+-- reconciler pass. The frame stage may insert every column but id, so it cannot
+-- choose one (OVERRIDING SYSTEM VALUE needs INSERT on id); the CHECK holds
+-- for the owner too.
+ALTER TABLE argus.frames ADD CONSTRAINT frames_id_positive CHECK (id > 0);
+REVOKE INSERT ON argus.frames FROM argus_frame_stage;
+GRANT INSERT (video_id, project_id, frame_index, timestamp_ms, image_uri, created_at)
+    ON argus.frames TO argus_frame_stage;
+
+-- What a daemon may do to models: register one that is missing (with the
+-- column defaults), nothing else. A kind change drops indexes and a segment
+-- size is fixed once used, so both stay the schema owner's (`migrate --model`).
+CREATE FUNCTION argus.register_model(p_model text, p_dimension integer)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_model argus.models%ROWTYPE;
+BEGIN
+    -- Under the model lock, so a concurrent registration is seen here and
+    -- ensure_model_index below only ever takes its creating path.
+    PERFORM pg_advisory_xact_lock(hashtext('argus-embedder:model:' || p_model));
+    SELECT * INTO v_model FROM argus.models WHERE model = p_model;
+    IF NOT FOUND THEN
+        RETURN argus.ensure_model_index(p_model, p_dimension, 'hnsw');
+    END IF;
+    IF v_model.dimension <> p_dimension THEN
+        RAISE EXCEPTION 'model % is registered with dimension %, not %',
+            p_model, v_model.dimension, p_dimension USING ERRCODE = '22023';
+    END IF;
+    RETURN v_model.partition_name;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION argus.register_model(text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION argus.register_model(text, integer) TO argus_worker;
+REVOKE EXECUTE ON FUNCTION argus.ensure_model_index(text, integer, text, bigint)
+    FROM argus_worker;

@@ -3,6 +3,7 @@ search merges ANN scans with an exact scan of what is not indexed yet."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -269,3 +270,21 @@ def test_regression_bug10_a_kind_change_during_a_build_leaves_no_orphan_index(
     )
     index.register(conn, MODEL, DIMENSION, "ivfflat")
     assert ann_indexes(conn) == [(segment["partition_name"], rebuilt[0])]
+
+
+def test_regression_bug11_segment_size_is_fixed_once_segments_exist(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 16 bug 11): a new segment_rows applied to a model with segments
+    made new segments overlap the existing ones, and every write into them failed."""
+    from argus_embedder import errors
+
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
+    assert index.register(conn, MODEL, DIMENSION, segment_rows=300).segment_rows == 300
+    model = index.register(conn, MODEL, DIMENSION, segment_rows=100)  # no segments yet
+    write_vectors(conn, model, add_frames(conn, 10), clustered(10))
+    with pytest.raises(errors.ConfigError, match="segment") as raised:
+        index.register(conn, MODEL, DIMENSION, segment_rows=1000)
+    assert isinstance(raised.value.__cause__, psycopg.errors.InvalidParameterValue)
+    assert index.register(conn, MODEL, DIMENSION, "ivfflat", segment_rows=100).segment_rows == 100
+    assert index.info(conn, MODEL) == dataclasses.replace(model, index_kind="ivfflat")
