@@ -25,8 +25,13 @@ INSERT INTO argus.schema_migrations (version, name) VALUES (%(version)s, %(name)
 SELECT coalesce(max(version), 0) AS version FROM argus.schema_migrations;
 
 -- name: ensure_model_index
+-- The schema owner's (migrate): the index kind, the segment size.
 SELECT argus.ensure_model_index(%(model)s, %(dimension)s, %(kind)s, %(segment_rows)s)
     AS partition_name;
+
+-- name: register_model
+-- What a daemon may call: registers a missing model, checks a registered one's dimension.
+SELECT argus.register_model(%(model)s, %(dimension)s) AS partition_name;
 
 -- name: model_info
 SELECT model, dimension, index_kind, partition_name, segment_rows

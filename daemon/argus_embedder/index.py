@@ -51,9 +51,12 @@ def register(
     *,
     segment_rows: int | None = None,
 ) -> ModelInfo:
-    """Register `model` (its partition) or change its index kind; idempotent.
+    """Register `model` (its partition), or set its index kind or segment size; idempotent.
 
-    `kind=None` keeps a registered model's kind (new models get hnsw).
+    Without `kind` and `segment_rows` (what a daemon calls at start) a registered
+    model is left as it is and a new one gets hnsw; a role holding only
+    argus_worker may do that. Setting either is the schema owner's (`migrate
+    --model M --index K`); a model's segment size is fixed once it has segments.
     """
     current = info(connection, model)
     if current is not None and current.dimension != dimension:
@@ -61,24 +64,40 @@ def register(
             f"model {model} is registered with dimension {current.dimension}, "
             f"but the checkpoint gives {dimension}"
         )
-    wanted = kind or (current.index_kind if current else DEFAULT_KIND)
-    if current is None or wanted != current.index_kind or segment_rows is not None:
+    if kind is None and segment_rows is None:
+        if current is not None:
+            return current
+        _register(connection, "register_model", {"model": model, "dimension": dimension})
+    else:
         try:
-            with connection.transaction():
-                connection.execute(
-                    db.queries()["ensure_model_index"],
-                    {
-                        "model": model,
-                        "dimension": dimension,
-                        "kind": wanted,
-                        "segment_rows": segment_rows,
-                    },
-                )
-        except psycopg.errors.InvalidParameterValue as error:
-            raise errors.ConfigError(str(error).splitlines()[0]) from error
+            # Sent even when unchanged: the call also drops ANN indexes the
+            # segments do not record (orphans of an interrupted change).
+            _register(
+                connection,
+                "ensure_model_index",
+                {
+                    "model": model,
+                    "dimension": dimension,
+                    "kind": kind or (current.index_kind if current else DEFAULT_KIND),
+                    "segment_rows": segment_rows,
+                },
+            )
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise errors.ConfigError(
+                f"changing the index kind or segment size of {model} is the schema owner's: "
+                "run `argus-embedder migrate --model MODEL --index KIND` as the owner"
+            ) from error
     registered = info(connection, model)
     assert registered is not None
     return registered
+
+
+def _register(connection: psycopg.Connection[Any], block: str, params: dict[str, Any]) -> None:
+    try:
+        with connection.transaction():
+            connection.execute(db.queries()[block], params)
+    except psycopg.errors.InvalidParameterValue as error:
+        raise errors.ConfigError(str(error).splitlines()[0]) from error
 
 
 class Segments:

@@ -9,6 +9,8 @@ video's job listed its frames, and videos whose frame stage never enqueued.
 The scan walks frame ids in slices of CHUNK_FRAMES: each slice is one short
 transaction, a merge anti join of two index-only scans over that id range, so
 no statement's cost grows with the table and nothing holds a snapshot for long.
+After each slice the next one starts at the next existing frame id, so a gap in
+the ids (a frame inserted with an id of its own) costs one index probe.
 
 Failed work is not retried forever: a video whose latest finished job for the
 model failed (or was cancelled) is skipped until it gets a frame newer than
@@ -108,7 +110,10 @@ def reconcile(
                 metrics.RECONCILER_ENQUEUED.inc(len(added))
         missing_frames += sum(int(row["frames"]) for row in rows)
         missing_videos += len(rows)  # a video spanning two slices counts twice: rare, harmless
-        low = high
+        following = connection.execute(q["reconcile_next"], {"after": high}).fetchone()
+        if following is None or following["next"] is None:
+            break
+        low = following["next"] - following["next"] % chunk
     return PassResult(
         missing_frames=missing_frames,
         missing_videos=missing_videos,

@@ -40,6 +40,11 @@ FROM argus.fleet_passes WHERE name LIKE %(pattern)s ORDER BY name;
 -- name: reconcile_bounds
 SELECT min(id) AS first, max(id) AS last FROM argus.frames;
 
+-- name: reconcile_next
+-- Where the next slice starts: the first frame id at or past `after`, one probe
+-- of the primary key, so a pass skips empty id ranges (ids need not be dense).
+SELECT min(id) AS next FROM argus.frames WHERE id >= %(after)s;
+
 -- name: reconcile_plan
 -- For the slice's transaction only (set_config(..., true) is SET LOCAL). When
 -- a slice covers a whole segment, the planner costs a seq scan of it plus a

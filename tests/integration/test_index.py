@@ -3,6 +3,7 @@ search merges ANN scans with an exact scan of what is not indexed yet."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -182,3 +183,109 @@ def test_one_indexer_at_a_time(database_url: str, conn: psycopg.Connection[Any])
         assert index.build_sealed(conn, MODEL) == []
         other.rollback()
     assert len(index.build_sealed(conn, MODEL)) == 1
+
+
+@pytest.mark.parametrize("limit", [600, 1000])
+def test_regression_bug7_a_limit_above_500_still_searches(
+    conn: psycopg.Connection[Any], limit: int
+) -> None:
+    """Regression (issue 16 bug 7): search set hnsw.ef_search to 2 x limit, past pgvector's
+    maximum of 1000, so every limit from 501 to 1000 (the CLI's maximum) failed."""
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=400)
+    ids = add_frames(conn, 1200)
+    vectors = clustered(1200, seed=4)
+    write_vectors(conn, model, ids, vectors)
+    assert len(index.build_sealed(conn, MODEL)) == 3  # every vector behind an HNSW index
+    hits = search.search(conn, MODEL, vectors[0], limit=limit)
+    assert len(hits) == limit  # iterative scans go past ef_search
+    assert len({hit.frame_id for hit in hits}) == limit
+    scores = [hit.score for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+    exact = {ids[i] for i in np.argsort(-(vectors @ vectors[0]))[:limit]}
+    assert len(exact & {hit.frame_id for hit in hits}) >= 0.95 * limit
+
+
+def ann_indexes(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(table, index) of every HNSW or IVFFlat index in the schema."""
+    rows = conn.execute(
+        "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = 'argus' "
+        "AND (indexdef LIKE '%%USING hnsw%%' OR indexdef LIKE '%%USING ivfflat%%') "
+        "ORDER BY tablename, indexname"
+    ).fetchall()
+    return [(row["tablename"], row["indexname"]) for row in rows]
+
+
+def test_regression_bug10_a_kind_change_during_a_build_leaves_no_orphan_index(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """Regression (issue 16 bug 10): a kind change that ran while a build was inside its
+    transaction did not see the new index (not committed yet), then cleared index_name
+    once the build committed: the `_hnsw` index stayed, unrecorded, and the next build
+    added an `_ivfflat` one beside it."""
+    import threading
+
+    from argus_embedder import db
+
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
+    ids = add_frames(conn, 150)
+    write_vectors(conn, model, ids, clustered(150))
+    with db.connect(database_url) as builder:  # a daemon's build, not committed yet
+        built = builder.execute(
+            db.queries()["index_segment"], {"model": MODEL, "lower_bound": 0}
+        ).fetchone()
+        assert built is not None and built["index_name"].endswith("_hnsw")
+        changed = threading.Event()
+        failure: list[BaseException] = []
+
+        def change_kind() -> None:
+            try:
+                with db.connect(database_url, autocommit=True) as operator:
+                    index.register(operator, MODEL, DIMENSION, "ivfflat")
+            except BaseException as error:  # reported by the main thread
+                failure.append(error)
+            finally:
+                changed.set()
+
+        operator = threading.Thread(target=change_kind)
+        operator.start()
+        waited = not changed.wait(1.0)  # the kind change waits for the build
+        builder.commit()
+    operator.join(timeout=30)
+    assert not failure, failure
+    assert waited
+    segment = conn.execute(
+        "SELECT partition_name, index_name FROM argus.segments "
+        "WHERE model = %s AND lower_bound = 0",
+        (MODEL,),
+    ).fetchone()
+    assert segment is not None and segment["index_name"] is None
+    assert ann_indexes(conn) == []  # the build's index went with the kind it was built for
+    rebuilt = index.build_sealed(conn, MODEL)
+    assert [name.rsplit("_", 1)[1] for name in rebuilt] == ["ivfflat"]
+    assert ann_indexes(conn) == [(segment["partition_name"], rebuilt[0])]
+
+    # An orphan left by an older version goes with the next `migrate --model M --index K`.
+    conn.execute(
+        f"CREATE INDEX stray ON argus.{segment['partition_name']} "
+        f"USING hnsw ((embedding::halfvec({DIMENSION})) halfvec_cosine_ops)"
+    )
+    index.register(conn, MODEL, DIMENSION, "ivfflat")
+    assert ann_indexes(conn) == [(segment["partition_name"], rebuilt[0])]
+
+
+def test_regression_bug11_segment_size_is_fixed_once_segments_exist(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 16 bug 11): a new segment_rows applied to a model with segments
+    made new segments overlap the existing ones, and every write into them failed."""
+    from argus_embedder import errors
+
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
+    assert index.register(conn, MODEL, DIMENSION, segment_rows=300).segment_rows == 300
+    model = index.register(conn, MODEL, DIMENSION, segment_rows=100)  # no segments yet
+    write_vectors(conn, model, add_frames(conn, 10), clustered(10))
+    with pytest.raises(errors.ConfigError, match="segment") as raised:
+        index.register(conn, MODEL, DIMENSION, segment_rows=1000)
+    assert isinstance(raised.value.__cause__, psycopg.errors.InvalidParameterValue)
+    assert index.register(conn, MODEL, DIMENSION, "ivfflat", segment_rows=100).segment_rows == 100
+    assert index.info(conn, MODEL) == dataclasses.replace(model, index_kind="ivfflat")

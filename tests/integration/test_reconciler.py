@@ -402,3 +402,27 @@ def _status_json(database_url: str) -> dict[str, Any]:
     )
     report: dict[str, Any] = json.loads(result.stdout)
     return report
+
+
+def test_regression_bug11_a_pass_skips_empty_id_ranges(conn: psycopg.Connection[Any]) -> None:
+    """Regression (issue 16 bug 11): a pass walked every slice from the lowest frame id to
+    the highest, so one frame at id 10^12 meant ten million empty slices per pass."""
+    register(conn)
+    support.add_video(conn, "near", ["a", "b", "c"], enqueue=False)
+    conn.execute(
+        "INSERT INTO argus.frames (id, video_id, frame_index, image_uri) "
+        "OVERRIDING SYSTEM VALUE VALUES (10 ^ 12, 'far', 0, 'x')"
+    )
+    support.add_video(conn, "near", ["d"], first_index=3, enqueue=False)  # id 4
+    slices = 0
+
+    def counting() -> bool:  # reconcile asks once per slice
+        nonlocal slices
+        slices += 1
+        return slices > 100
+
+    result = reconciler.reconcile(conn, MODEL, stopping=counting)
+    assert result.complete, slices
+    assert slices == 2  # [0, 100k) and [10^12, 10^12 + 100k)
+    assert (result.missing_frames, result.missing_videos, result.enqueued) == (5, 2, 2)
+    assert [job["model"] for job in jobs_of(conn, "far")] == [MODEL]

@@ -21,7 +21,7 @@ import psycopg.conninfo
 import pytest
 from psycopg import sql
 
-from argus_embedder import cli
+from argus_embedder import cli, db
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 
@@ -212,3 +212,71 @@ def test_daemon_runs_as_a_login_role_holding_only_argus_worker(
     assert report["jobs"]["succeeded"] == 1
     assert cli.main(["search", "a red car", "--limit", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
+
+
+def test_regression_bug11_the_frame_stage_cannot_choose_frame_ids(
+    conn: psycopg.Connection[Any], login: Login
+) -> None:
+    """Regression (issue 16 bug 11): the frame stage could pick frame ids with OVERRIDING
+    SYSTEM VALUE; an id <= 0 or near 2^63 has no segment to land in and crash-looped
+    the fleet, and a huge one stretched every reconciler pass."""
+    url = login("argus_frame_stage")
+    with psycopg.connect(url, autocommit=True) as stage:
+        stage.execute(
+            "INSERT INTO argus.frames (video_id, project_id, frame_index, timestamp_ms, "
+            "image_uri, created_at) VALUES ('v', 'p', 0, 0, 's3://b/0.jpg', now())"
+        )
+        stage.execute(
+            "INSERT INTO argus.frames (video_id, frame_index, image_uri) "
+            "VALUES ('v', 0, 's3://b/0.jpg'), ('v', 1, 's3://b/1.jpg') "
+            "ON CONFLICT DO NOTHING"
+        )
+    for frame_id in (-5, 0, 2**63 - 800, 1000):
+        assert denied(
+            url,
+            "INSERT INTO argus.frames (id, video_id, frame_index, image_uri) "
+            "OVERRIDING SYSTEM VALUE VALUES (%s, 'forged', 0, 's3://b/x.jpg')",
+            (frame_id,),
+        ), frame_id
+    rows = conn.execute("SELECT video_id, frame_index FROM argus.frames ORDER BY id").fetchall()
+    assert [(row["video_id"], row["frame_index"]) for row in rows] == [("v", 0), ("v", 1)]
+
+    for frame_id in (-5, 0):  # not even the owner stores an id a segment cannot hold
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(
+                "INSERT INTO argus.frames (id, video_id, frame_index, image_uri) "
+                "OVERRIDING SYSTEM VALUE VALUES (%s, 'owner', 0, 's3://b/x.jpg')",
+                (frame_id,),
+            )
+
+
+def test_regression_bug11_the_worker_registers_new_models_only(
+    conn: psycopg.Connection[Any], login: Login
+) -> None:
+    """Regression (issue 16 bug 11): argus_worker could call ensure_model_index, so drop a
+    model's indexes or change its segment size (new segments then overlap the old ones
+    and every write fails). It may now only register a model that is missing."""
+    from argus_embedder import errors, index
+
+    index.register(conn, "owned", 8, "ivfflat", segment_rows=500)
+    url = login("argus_worker")
+    with db.connect(url, autocommit=True) as worker:
+        fresh = index.register(worker, "fresh", 8)  # what a daemon does at start
+        assert (fresh.dimension, fresh.index_kind, fresh.segment_rows) == (8, "hnsw", 100_000)
+        assert index.register(worker, "fresh", 8) == fresh  # idempotent
+        owned = index.register(worker, "owned", 8)  # registered already: left as it is
+        assert (owned.index_kind, owned.segment_rows) == ("ivfflat", 500)
+        with pytest.raises(errors.ConfigError, match="dimension"):
+            index.register(worker, "owned", 16)
+        with pytest.raises(errors.ConfigError, match="schema owner"):
+            index.register(worker, "owned", 8, "none")
+    for statement in (
+        "SELECT argus.ensure_model_index('owned', 8, 'none')",
+        "SELECT argus.ensure_model_index('owned', 8, 'ivfflat', 1)",
+        "SELECT argus.ensure_model_index('other', 8, 'hnsw')",
+    ):
+        assert denied(url, statement), statement
+    owned_row = conn.execute(
+        "SELECT index_kind, segment_rows FROM argus.models WHERE model = 'owned'"
+    ).fetchone()
+    assert owned_row == {"index_kind": "ivfflat", "segment_rows": 500}
