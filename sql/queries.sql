@@ -247,15 +247,27 @@ RETURNING id;
 
 -- name: absorb_queued_duplicate
 -- Before a running job goes back to queued, fold a queued duplicate of the
--- same (video, model) into it (one queued job per pair is the rule).
-UPDATE argus.embedding_jobs d
-SET status = 'cancelled', finished_at = now(), updated_at = now(),
-    last_error = 'superseded by job ' || %(job_id)s::text
-FROM argus.embedding_jobs j
-WHERE j.id = %(job_id)s AND j.lease_token = %(lease_token)s
-  AND d.status = 'queued' AND d.id <> j.id AND d.video_id = j.video_id
-  AND coalesce(d.model, %(model)s) = coalesce(j.model, %(model)s)
-RETURNING d.id, d.priority;
+-- same (video, model) into it (one queued job per pair is the rule); the job
+-- takes the higher priority of the two. Only when it does go back: a job out
+-- of attempts (not `transient`, as in fail_job; release gives its attempt
+-- back, so passes true) ends failed, and the duplicate, queued for frames that
+-- arrived since, must still run.
+WITH absorbed AS (
+    UPDATE argus.embedding_jobs d
+    SET status = 'cancelled', finished_at = now(), updated_at = now(),
+        last_error = 'superseded by job ' || %(job_id)s::text
+    FROM argus.embedding_jobs j
+    WHERE j.id = %(job_id)s AND j.lease_token = %(lease_token)s AND j.status = 'running'
+      AND (%(transient)s OR j.attempts < j.max_attempts)
+      AND d.status = 'queued' AND d.id <> j.id AND d.video_id = j.video_id
+      AND coalesce(d.model, %(model)s) = coalesce(j.model, %(model)s)
+    RETURNING d.priority
+)
+UPDATE argus.embedding_jobs j
+SET priority = a.priority
+FROM (SELECT max(priority) AS priority FROM absorbed) a
+WHERE j.id = %(job_id)s AND j.lease_token = %(lease_token)s AND a.priority > j.priority
+RETURNING j.id, j.priority;
 
 -- name: cancel_job
 UPDATE argus.embedding_jobs

@@ -163,7 +163,7 @@ class Queue:
         job's fault) and its backoff grows with the error history. Returns the new
         status, None if the lease was lost."""
         with connection.transaction():
-            self._absorb_duplicate(connection, job)
+            self._absorb_duplicate(connection, job, transient=transient)
             row = connection.execute(
                 db.queries()["fail_job"],
                 {
@@ -180,13 +180,17 @@ class Queue:
     def release(self, connection: psycopg.Connection[Any], job: Job) -> bool:
         """Give the lease back without burning an attempt (graceful shutdown)."""
         with connection.transaction():
-            self._absorb_duplicate(connection, job)
+            self._absorb_duplicate(connection, job, transient=True)
             row = connection.execute(db.queries()["release_job"], _fence(job)).fetchone()
         return row is not None
 
-    def _absorb_duplicate(self, connection: psycopg.Connection[Any], job: Job) -> None:
+    def _absorb_duplicate(
+        self, connection: psycopg.Connection[Any], job: Job, *, transient: bool
+    ) -> None:
+        """Fold a queued duplicate into `job` if it goes back to queued (see the block)."""
         connection.execute(
-            db.queries()["absorb_queued_duplicate"], {**_fence(job), "model": job.model}
+            db.queries()["absorb_queued_duplicate"],
+            {**_fence(job), "model": job.model, "transient": transient},
         )
 
 

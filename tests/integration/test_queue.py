@@ -308,3 +308,37 @@ def test_complete_many_is_fenced_per_job(conn: psycopg.Connection[Any]) -> None:
         "cancelled",
         "succeeded",
     ]
+
+
+def test_failing_for_good_leaves_a_queued_duplicate_queued_regression_bug2(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 16 bug 2): new frames arrive while a job on its last attempt
+    runs; when it fails for good, the duplicate queued for them must still run."""
+    support.add_video(conn, "v", ["x"])
+    conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 1")
+    job = make_queue().claim(conn)[0]
+    support.add_video(conn, "v", ["y"], first_index=1, enqueue=False)
+    duplicate = queue.enqueue(conn, "v", model=None, priority=0)
+    assert duplicate is not None
+    assert make_queue().fail(conn, job, "boom") == "failed"
+    assert support.job(conn, duplicate)["status"] == "queued"
+    assert [claimed.id for claimed in make_queue().claim(conn)] == [duplicate]
+
+
+@pytest.mark.parametrize("ending", ["fail", "release"])
+def test_requeued_job_carries_the_absorbed_priority_regression_bug2(
+    conn: psycopg.Connection[Any], ending: str
+) -> None:
+    """Regression (issue 16 bug 2): a job that absorbs a queued duplicate takes the
+    higher priority of the two."""
+    support.add_video(conn, "v", ["x"], priority=1)
+    job = make_queue().claim(conn)[0]
+    duplicate = queue.enqueue(conn, "v", model=None, priority=7)
+    if ending == "fail":
+        assert make_queue().fail(conn, job, "boom") == "queued"
+    else:
+        assert make_queue().release(conn, job)
+    assert support.job(conn, duplicate)["status"] == "cancelled"  # type: ignore[arg-type]
+    row = support.job(conn, job.id)
+    assert (row["status"], row["priority"]) == ("queued", 7)
