@@ -17,6 +17,9 @@ from argus_embedder import db
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 600.0
+# Each try of a requeue that loses the race with an enqueue absorbs that enqueue, so a
+# second try almost always suffices; the bound only stops a pathological loop.
+REQUEUE_TRIES = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,27 +165,59 @@ class Queue:
         attempts. A `transient` failure gives the attempt back (an outage is not the
         job's fault) and its backoff grows with the error history. Returns the new
         status, None if the lease was lost."""
-        with connection.transaction():
-            self._absorb_duplicate(connection, job, transient=transient)
-            row = connection.execute(
-                db.queries()["fail_job"],
-                {
-                    **_fence(job),
-                    "error": error[:2000],
-                    "transient": transient,
-                    "backoff_seconds": backoff_seconds(
-                        job.failures + 1 if transient else job.attempts
-                    ),
-                },
-            ).fetchone()
+        row = self._requeue(
+            connection,
+            job,
+            "fail_job",
+            {
+                **_fence(job),
+                "error": error[:2000],
+                "transient": transient,
+                "backoff_seconds": backoff_seconds(job.failures + 1 if transient else job.attempts),
+            },
+            transient=transient,
+        )
         return None if row is None else str(row["status"])
 
     def release(self, connection: psycopg.Connection[Any], job: Job) -> bool:
         """Give the lease back without burning an attempt (graceful shutdown)."""
-        with connection.transaction():
-            self._absorb_duplicate(connection, job, transient=True)
-            row = connection.execute(db.queries()["release_job"], _fence(job)).fetchone()
+        row = self._requeue(connection, job, "release_job", _fence(job), transient=True)
         return row is not None
+
+    def _requeue(
+        self,
+        connection: psycopg.Connection[Any],
+        job: Job,
+        statement: str,
+        parameters: dict[str, Any],
+        *,
+        transient: bool,
+    ) -> dict[str, Any] | None:
+        """Fold a queued duplicate into `job`, then run `statement`, which may set it back
+        to queued, in one transaction; returns the statement's row.
+
+        The frame stage can commit a new duplicate between the two statements: the
+        second then violates the one-queued-job index. The next try absorbs it.
+        """
+        tries = 1
+        while True:
+            try:
+                with connection.transaction():
+                    self._absorb_duplicate(connection, job, transient=transient)
+                    row: dict[str, Any] | None = connection.execute(
+                        db.queries()[statement], parameters
+                    ).fetchone()
+                    return row
+            except psycopg.errors.UniqueViolation as error:
+                if tries >= REQUEUE_TRIES:
+                    raise
+                tries += 1
+                log.info(
+                    "job %s: a duplicate was enqueued while it went back to queued; "
+                    "absorbing it (%s)",
+                    job.id,
+                    str(error).partition("\n")[0],
+                )
 
     def _absorb_duplicate(
         self, connection: psycopg.Connection[Any], job: Job, *, transient: bool

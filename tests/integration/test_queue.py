@@ -342,3 +342,35 @@ def test_requeued_job_carries_the_absorbed_priority_regression_bug2(
     assert support.job(conn, duplicate)["status"] == "cancelled"  # type: ignore[arg-type]
     row = support.job(conn, job.id)
     assert (row["status"], row["priority"]) == ("queued", 7)
+
+
+@pytest.mark.parametrize("ending", ["fail", "release"])
+def test_an_enqueue_racing_a_requeue_is_absorbed_regression_bug6(
+    database_url: str,
+    conn: psycopg.Connection[Any],
+    ending: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (issue 16 bug 6): the frame stage enqueues (and commits) between the
+    absorb and the statement that sets the job back to queued; the job still goes back,
+    absorbing the new duplicate, instead of raising UniqueViolation."""
+    support.add_video(conn, "v", ["x"])
+    job = make_queue().claim(conn)[0]
+    absorb = queue.Queue._absorb_duplicate
+    raced: list[int | None] = []
+
+    def absorb_then_enqueue(self: queue.Queue, *args: Any, **kwargs: Any) -> None:
+        absorb(self, *args, **kwargs)
+        if not raced:
+            with db.connect(database_url, autocommit=True) as frame_stage:
+                raced.append(queue.enqueue(frame_stage, "v", model=None, priority=3))
+
+    monkeypatch.setattr(queue.Queue, "_absorb_duplicate", absorb_then_enqueue)
+    if ending == "fail":
+        assert make_queue().fail(conn, job, "boom") == "queued"
+    else:
+        assert make_queue().release(conn, job)
+    assert raced[0] is not None
+    assert support.job(conn, raced[0])["status"] == "cancelled"
+    row = support.job(conn, job.id)
+    assert (row["status"], row["priority"]) == ("queued", 3)
