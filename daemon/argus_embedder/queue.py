@@ -63,16 +63,24 @@ class Queue:
         self.lease_seconds = lease_seconds
 
     def claim(self, connection: psycopg.Connection[Any], limit: int = 1) -> list[Job]:
-        """Claim up to `limit` jobs (and reclaim expired leases) in one statement."""
-        try:
-            rows = self._claim_rows(connection, limit)
-        except psycopg.errors.UniqueViolation as error:
-            # Twin jobs of one (video, model) enqueued under NULL and an explicit
-            # model, claimed at once by two workers: the one-running index stops
-            # the second. Nothing is lost; the twin runs after the first finishes.
-            log.info("claim skipped a twin job: %s", str(error).splitlines()[0])
-            return []
-        return self._jobs(rows)
+        """Claim up to `limit` jobs (and reclaim expired leases) in one statement.
+
+        An empty list means nothing was claimable: a statement that only moved expired
+        jobs out of attempts to failed is run again.
+        """
+        while True:
+            try:
+                rows = self._claim_rows(connection, limit)
+            except psycopg.errors.UniqueViolation as error:
+                # Twin jobs of one (video, model) enqueued under NULL and an explicit
+                # model, claimed at once by two workers: the one-running index stops
+                # the second. Nothing is lost; the twin runs after the first finishes.
+                log.info("claim skipped a twin job: %s", str(error).splitlines()[0])
+                return []
+            jobs = self._jobs(rows)
+            # Each such pass fails at least one job for good, so this ends.
+            if jobs or not rows:
+                return jobs
 
     def _claim_rows(self, connection: psycopg.Connection[Any], limit: int) -> list[dict[str, Any]]:
         with connection.transaction():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -11,6 +12,7 @@ import pytest
 
 from argus_embedder import db, index, queue, store
 from tests import support
+from tests.conftest import S3Endpoint, textured_jpeg
 
 MODEL = "test/model"
 
@@ -374,3 +376,39 @@ def test_an_enqueue_racing_a_requeue_is_absorbed_regression_bug6(
     assert support.job(conn, raced[0])["status"] == "cancelled"
     row = support.job(conn, job.id)
     assert (row["status"], row["priority"]) == ("queued", 3)
+
+
+def test_claim_skips_past_an_exhausted_expired_job_regression_bug8(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 16 bug 8): an empty claim means nothing is claimable, even when
+    the first job in line was an expired one out of attempts (it becomes failed)."""
+    support.add_video(conn, "crashed", ["x"])
+    conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 1")
+    dead = make_queue("dead").claim(conn)[0]
+    expire(conn, dead.id)
+    waiting = support.add_video(conn, "waiting", ["x"])
+    assert [job.id for job in make_queue().claim(conn, limit=1)] == [waiting]
+    assert support.job(conn, dead.id)["status"] == "failed"
+    assert make_queue().claim(conn, limit=1) == []
+
+
+def test_burst_run_leaves_no_work_behind_an_exhausted_expired_job_regression_bug8(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, tiny_siglip_dir: Path
+) -> None:
+    """Regression (issue 16 bug 8): `run --burst` ran until an empty claim, and its first
+    claim (limit 1) only moved an exhausted expired job to failed: it exited at once."""
+    from argus_embedder import embedder, worker
+
+    model = embedder.load_embedder(str(tiny_siglip_dir), "cpu", batch_size=8)
+    support.add_video(conn, "crashed", [s3.put("crashed/0.jpg", textured_jpeg(1))])
+    conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 1")
+    dead = queue.Queue(model=model.model, worker_id="dead", lease_seconds=60).claim(conn)[0]
+    expire(conn, dead.id)
+    waiting = support.add_video(conn, "waiting", [s3.put("waiting/0.jpg", textured_jpeg(2))])
+    assert waiting is not None
+    config = support.worker_settings(conn.info.dsn, s3.bucket, s3.url, model.model, batch_size=8)
+    with worker.Worker(config, conn.info.dsn, model) as loop:
+        loop.run(burst=True)
+    assert support.job(conn, waiting)["status"] == "succeeded"
+    assert support.job(conn, dead.id)["status"] == "failed"
