@@ -120,15 +120,16 @@ UPDATE argus.embedding_jobs j SET
     last_error       = CASE WHEN p.exhausted OR j.status = 'running'
                             THEN 'lease expired (worker ' || coalesce(j.worker_id, '?') || ' stopped)'
                             ELSE j.last_error END,
-    errors           = CASE WHEN j.status = 'running' THEN j.errors || jsonb_build_array(
+    errors           = CASE WHEN j.status = 'running' THEN argus.job_errors_append(j.errors,
                            jsonb_build_object('attempt', j.attempts, 'worker', j.worker_id,
                                               'error', 'lease expired', 'at', now()))
                             ELSE j.errors END,
+    errors_total     = j.errors_total + (j.status = 'running')::integer,
     updated_at       = now()
 FROM progress p
 WHERE j.id = p.id
 RETURNING j.id, j.video_id, j.model, j.status, j.priority, j.attempts, j.max_attempts,
-          jsonb_array_length(j.errors) AS failures,
+          j.errors_total AS failures,
           j.lease_token, j.run_at,
           (now() - j.run_at) AS queue_wait;
 
@@ -214,7 +215,8 @@ RETURNING j.id;
 -- A job-level failure: back to queued with backoff, or failed once attempts
 -- are used up. A transient fault (S3 or network down) gives the attempt back:
 -- an outage longer than the backoffs must not fail jobs; its backoff grows
--- with the error history instead. Both keep the error in the history.
+-- with the count of errors instead. Both keep the error in the history (the
+-- newest entries: argus.job_errors_append) and count it in errors_total.
 UPDATE argus.embedding_jobs
 SET status           = CASE WHEN NOT %(transient)s AND attempts >= max_attempts
                             THEN 'failed' ELSE 'queued' END,
@@ -229,9 +231,10 @@ SET status           = CASE WHEN NOT %(transient)s AND attempts >= max_attempts
     lease_token      = NULL,
     lease_expires_at = NULL,
     last_error       = %(error)s,
-    errors           = errors || jsonb_build_array(jsonb_build_object(
+    errors           = argus.job_errors_append(errors, jsonb_build_object(
                            'attempt', attempts, 'worker', worker_id,
                            'error', %(error)s::text, 'at', now())),
+    errors_total     = errors_total + 1,
     updated_at       = now()
 WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
 RETURNING id, status, attempts;

@@ -33,7 +33,7 @@ class Job:
     max_attempts: int
     lease_token: uuid.UUID
     queue_wait_seconds: float
-    failures: int = 0  # entries in its error history when claimed
+    failures: int = 0  # errors it had when claimed (errors_total; the history is trimmed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,8 @@ class QueueStats:
 
 def backoff_seconds(attempt: int, *, base: float = 2.0, cap: float = MAX_BACKOFF_SECONDS) -> float:
     """Exponential backoff with jitter: uniform in [0.5, 1] of base * 2^(attempt-1), capped."""
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    # A float overflows past 2^1023; any cap in use is reached long before 2^64.
+    ceiling = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
     return float(ceiling * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
 
 

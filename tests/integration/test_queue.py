@@ -412,3 +412,57 @@ def test_burst_run_leaves_no_work_behind_an_exhausted_expired_job_regression_bug
         loop.run(burst=True)
     assert support.job(conn, waiting)["status"] == "succeeded"
     assert support.job(conn, dead.id)["status"] == "failed"
+
+
+def test_backoff_is_bounded_at_any_attempt_regression_bug5() -> None:
+    """Regression (issue 16 bug 5): 2 ** 1024 overflowed a float at attempt 1025."""
+    for attempt in (60, 1025, 10**9):
+        backoff = queue.backoff_seconds(attempt)
+        assert queue.MAX_BACKOFF_SECONDS / 2 <= backoff <= queue.MAX_BACKOFF_SECONDS
+
+
+def test_error_history_keeps_the_newest_entries_and_counts_all_regression_bug5(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 16 bug 5): a job failing forever (transient faults give their
+    attempt back; leases expiring) grew its `errors` history without end. Both paths that
+    append keep the newest 20 and count them all; the backoff reads the count."""
+    support.add_video(conn, "v", ["x"])
+    conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 50")
+    conn.execute("SET ROLE argus_worker")  # the daemon's privileges, new function included
+    q = make_queue()
+    for failure in range(1, 13):
+        q.fail(conn, q.claim(conn)[0], f"boom {failure}", transient=True)
+        conn.execute("UPDATE argus.embedding_jobs SET run_at = now()")
+    for _ in range(12):
+        expire(conn, q.claim(conn)[0].id)  # the next claim reclaims it: "lease expired"
+    job = q.claim(conn)[0]
+    row = support.job(conn, job.id)
+    assert len(row["errors"]) == 20
+    assert row["errors_total"] == job.failures == 24
+    assert [entry["error"] for entry in row["errors"][:10]] == [
+        *(f"boom {failure}" for failure in range(5, 13)),
+        "lease expired",
+        "lease expired",
+    ]
+    assert row["errors"][-1]["attempt"] == 12
+
+
+def test_error_count_migration_counts_existing_histories(empty_database_url: str) -> None:
+    """0004 sets errors_total from the history of the jobs already there."""
+    with psycopg.connect(
+        empty_database_url, autocommit=True, row_factory=psycopg.rows.dict_row
+    ) as connection:
+        connection.execute(db.queries()["migrations_bootstrap"])
+        for migration in db.migrations():
+            if migration.version == 4:
+                connection.execute(
+                    "INSERT INTO argus.embedding_jobs (video_id, errors) VALUES "
+                    """('a', '[]'), ('b', '[{"error": "x"}, {"error": "y"}]')"""
+                )
+            with connection.transaction():
+                connection.execute(migration.sql.encode())
+        totals = connection.execute(
+            "SELECT video_id, errors_total FROM argus.embedding_jobs ORDER BY video_id"
+        ).fetchall()
+    assert [(row["video_id"], row["errors_total"]) for row in totals] == [("a", 0), ("b", 2)]
