@@ -121,15 +121,16 @@ UPDATE argus.embedding_jobs j SET
     last_error       = CASE WHEN p.exhausted OR j.status = 'running'
                             THEN 'lease expired (worker ' || coalesce(j.worker_id, '?') || ' stopped)'
                             ELSE j.last_error END,
-    errors           = CASE WHEN j.status = 'running' THEN j.errors || jsonb_build_array(
+    errors           = CASE WHEN j.status = 'running' THEN argus.job_errors_append(j.errors,
                            jsonb_build_object('attempt', j.attempts, 'worker', j.worker_id,
                                               'error', 'lease expired', 'at', now()))
                             ELSE j.errors END,
+    errors_total     = j.errors_total + (j.status = 'running')::integer,
     updated_at       = now()
 FROM progress p
 WHERE j.id = p.id
 RETURNING j.id, j.video_id, j.model, j.status, j.priority, j.attempts, j.max_attempts,
-          jsonb_array_length(j.errors) AS failures,
+          j.errors_total AS failures,
           j.lease_token, j.run_at,
           (now() - j.run_at) AS queue_wait;
 
@@ -215,7 +216,8 @@ RETURNING j.id;
 -- A job-level failure: back to queued with backoff, or failed once attempts
 -- are used up. A transient fault (S3 or network down) gives the attempt back:
 -- an outage longer than the backoffs must not fail jobs; its backoff grows
--- with the error history instead. Both keep the error in the history.
+-- with the count of errors instead. Both keep the error in the history (the
+-- newest entries: argus.job_errors_append) and count it in errors_total.
 UPDATE argus.embedding_jobs
 SET status           = CASE WHEN NOT %(transient)s AND attempts >= max_attempts
                             THEN 'failed' ELSE 'queued' END,
@@ -230,9 +232,10 @@ SET status           = CASE WHEN NOT %(transient)s AND attempts >= max_attempts
     lease_token      = NULL,
     lease_expires_at = NULL,
     last_error       = %(error)s,
-    errors           = errors || jsonb_build_array(jsonb_build_object(
+    errors           = argus.job_errors_append(errors, jsonb_build_object(
                            'attempt', attempts, 'worker', worker_id,
                            'error', %(error)s::text, 'at', now())),
+    errors_total     = errors_total + 1,
     updated_at       = now()
 WHERE id = %(job_id)s AND lease_token = %(lease_token)s AND status = 'running'
 RETURNING id, status, attempts;
@@ -248,15 +251,27 @@ RETURNING id;
 
 -- name: absorb_queued_duplicate
 -- Before a running job goes back to queued, fold a queued duplicate of the
--- same (video, model) into it (one queued job per pair is the rule).
-UPDATE argus.embedding_jobs d
-SET status = 'cancelled', finished_at = now(), updated_at = now(),
-    last_error = 'superseded by job ' || %(job_id)s::text
-FROM argus.embedding_jobs j
-WHERE j.id = %(job_id)s AND j.lease_token = %(lease_token)s
-  AND d.status = 'queued' AND d.id <> j.id AND d.video_id = j.video_id
-  AND coalesce(d.model, %(model)s) = coalesce(j.model, %(model)s)
-RETURNING d.id, d.priority;
+-- same (video, model) into it (one queued job per pair is the rule); the job
+-- takes the higher priority of the two. Only when it does go back: a job out
+-- of attempts (not `transient`, as in fail_job; release gives its attempt
+-- back, so passes true) ends failed, and the duplicate, queued for frames that
+-- arrived since, must still run.
+WITH absorbed AS (
+    UPDATE argus.embedding_jobs d
+    SET status = 'cancelled', finished_at = now(), updated_at = now(),
+        last_error = 'superseded by job ' || %(job_id)s::text
+    FROM argus.embedding_jobs j
+    WHERE j.id = %(job_id)s AND j.lease_token = %(lease_token)s AND j.status = 'running'
+      AND (%(transient)s OR j.attempts < j.max_attempts)
+      AND d.status = 'queued' AND d.id <> j.id AND d.video_id = j.video_id
+      AND coalesce(d.model, %(model)s) = coalesce(j.model, %(model)s)
+    RETURNING d.priority
+)
+UPDATE argus.embedding_jobs j
+SET priority = a.priority
+FROM (SELECT max(priority) AS priority FROM absorbed) a
+WHERE j.id = %(job_id)s AND j.lease_token = %(lease_token)s AND a.priority > j.priority
+RETURNING j.id, j.priority;
 
 -- name: cancel_job
 UPDATE argus.embedding_jobs

@@ -17,6 +17,9 @@ from argus_embedder import db
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 600.0
+# Each try of a requeue that loses the race with an enqueue absorbs that enqueue, so a
+# second try almost always suffices; the bound only stops a pathological loop.
+REQUEUE_TRIES = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Job:
     max_attempts: int
     lease_token: uuid.UUID
     queue_wait_seconds: float
-    failures: int = 0  # entries in its error history when claimed
+    failures: int = 0  # errors it had when claimed (errors_total; the history is trimmed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,8 @@ class QueueStats:
 
 def backoff_seconds(attempt: int, *, base: float = 2.0, cap: float = MAX_BACKOFF_SECONDS) -> float:
     """Exponential backoff with jitter: uniform in [0.5, 1] of base * 2^(attempt-1), capped."""
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    # A float overflows past 2^1023; any cap in use is reached long before 2^64.
+    ceiling = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
     return float(ceiling * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
 
 
@@ -60,16 +64,24 @@ class Queue:
         self.lease_seconds = lease_seconds
 
     def claim(self, connection: psycopg.Connection[Any], limit: int = 1) -> list[Job]:
-        """Claim up to `limit` jobs (and reclaim expired leases) in one statement."""
-        try:
-            rows = self._claim_rows(connection, limit)
-        except psycopg.errors.UniqueViolation as error:
-            # Twin jobs of one (video, model) enqueued under NULL and an explicit
-            # model, claimed at once by two workers: the one-running index stops
-            # the second. Nothing is lost; the twin runs after the first finishes.
-            log.info("claim skipped a twin job: %s", str(error).splitlines()[0])
-            return []
-        return self._jobs(rows)
+        """Claim up to `limit` jobs (and reclaim expired leases) in one statement.
+
+        An empty list means nothing was claimable: a statement that only moved expired
+        jobs out of attempts to failed is run again.
+        """
+        while True:
+            try:
+                rows = self._claim_rows(connection, limit)
+            except psycopg.errors.UniqueViolation as error:
+                # Twin jobs of one (video, model) enqueued under NULL and an explicit
+                # model, claimed at once by two workers: the one-running index stops
+                # the second. Nothing is lost; the twin runs after the first finishes.
+                log.info("claim skipped a twin job: %s", str(error).splitlines()[0])
+                return []
+            jobs = self._jobs(rows)
+            # Each such pass fails at least one job for good, so this ends.
+            if jobs or not rows:
+                return jobs
 
     def _claim_rows(self, connection: psycopg.Connection[Any], limit: int) -> list[dict[str, Any]]:
         with connection.transaction():
@@ -162,31 +174,67 @@ class Queue:
         attempts. A `transient` failure gives the attempt back (an outage is not the
         job's fault) and its backoff grows with the error history. Returns the new
         status, None if the lease was lost."""
-        with connection.transaction():
-            self._absorb_duplicate(connection, job)
-            row = connection.execute(
-                db.queries()["fail_job"],
-                {
-                    **_fence(job),
-                    "error": error[:2000],
-                    "transient": transient,
-                    "backoff_seconds": backoff_seconds(
-                        job.failures + 1 if transient else job.attempts
-                    ),
-                },
-            ).fetchone()
+        row = self._requeue(
+            connection,
+            job,
+            "fail_job",
+            {
+                **_fence(job),
+                "error": error[:2000],
+                "transient": transient,
+                "backoff_seconds": backoff_seconds(job.failures + 1 if transient else job.attempts),
+            },
+            transient=transient,
+        )
         return None if row is None else str(row["status"])
 
     def release(self, connection: psycopg.Connection[Any], job: Job) -> bool:
         """Give the lease back without burning an attempt (graceful shutdown)."""
-        with connection.transaction():
-            self._absorb_duplicate(connection, job)
-            row = connection.execute(db.queries()["release_job"], _fence(job)).fetchone()
+        row = self._requeue(connection, job, "release_job", _fence(job), transient=True)
         return row is not None
 
-    def _absorb_duplicate(self, connection: psycopg.Connection[Any], job: Job) -> None:
+    def _requeue(
+        self,
+        connection: psycopg.Connection[Any],
+        job: Job,
+        statement: str,
+        parameters: dict[str, Any],
+        *,
+        transient: bool,
+    ) -> dict[str, Any] | None:
+        """Fold a queued duplicate into `job`, then run `statement`, which may set it back
+        to queued, in one transaction; returns the statement's row.
+
+        The frame stage can commit a new duplicate between the two statements: the
+        second then violates the one-queued-job index. The next try absorbs it.
+        """
+        tries = 1
+        while True:
+            try:
+                with connection.transaction():
+                    self._absorb_duplicate(connection, job, transient=transient)
+                    row: dict[str, Any] | None = connection.execute(
+                        db.queries()[statement], parameters
+                    ).fetchone()
+                    return row
+            except psycopg.errors.UniqueViolation as error:
+                if tries >= REQUEUE_TRIES:
+                    raise
+                tries += 1
+                log.info(
+                    "job %s: a duplicate was enqueued while it went back to queued; "
+                    "absorbing it (%s)",
+                    job.id,
+                    str(error).partition("\n")[0],
+                )
+
+    def _absorb_duplicate(
+        self, connection: psycopg.Connection[Any], job: Job, *, transient: bool
+    ) -> None:
+        """Fold a queued duplicate into `job` if it goes back to queued (see the block)."""
         connection.execute(
-            db.queries()["absorb_queued_duplicate"], {**_fence(job), "model": job.model}
+            db.queries()["absorb_queued_duplicate"],
+            {**_fence(job), "model": job.model, "transient": transient},
         )
 
 

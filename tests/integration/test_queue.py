@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -11,6 +12,7 @@ import pytest
 
 from argus_embedder import db, index, queue, store
 from tests import support
+from tests.conftest import S3Endpoint, textured_jpeg
 
 MODEL = "test/model"
 
@@ -308,3 +310,159 @@ def test_complete_many_is_fenced_per_job(conn: psycopg.Connection[Any]) -> None:
         "cancelled",
         "succeeded",
     ]
+
+
+def test_failing_for_good_leaves_a_queued_duplicate_queued_regression_bug2(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 16 bug 2): new frames arrive while a job on its last attempt
+    runs; when it fails for good, the duplicate queued for them must still run."""
+    support.add_video(conn, "v", ["x"])
+    conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 1")
+    job = make_queue().claim(conn)[0]
+    support.add_video(conn, "v", ["y"], first_index=1, enqueue=False)
+    duplicate = queue.enqueue(conn, "v", model=None, priority=0)
+    assert duplicate is not None
+    assert make_queue().fail(conn, job, "boom") == "failed"
+    assert support.job(conn, duplicate)["status"] == "queued"
+    assert [claimed.id for claimed in make_queue().claim(conn)] == [duplicate]
+
+
+@pytest.mark.parametrize("ending", ["fail", "release"])
+def test_requeued_job_carries_the_absorbed_priority_regression_bug2(
+    conn: psycopg.Connection[Any], ending: str
+) -> None:
+    """Regression (issue 16 bug 2): a job that absorbs a queued duplicate takes the
+    higher priority of the two."""
+    support.add_video(conn, "v", ["x"], priority=1)
+    job = make_queue().claim(conn)[0]
+    duplicate = queue.enqueue(conn, "v", model=None, priority=7)
+    if ending == "fail":
+        assert make_queue().fail(conn, job, "boom") == "queued"
+    else:
+        assert make_queue().release(conn, job)
+    assert support.job(conn, duplicate)["status"] == "cancelled"  # type: ignore[arg-type]
+    row = support.job(conn, job.id)
+    assert (row["status"], row["priority"]) == ("queued", 7)
+
+
+@pytest.mark.parametrize("ending", ["fail", "release"])
+def test_an_enqueue_racing_a_requeue_is_absorbed_regression_bug6(
+    database_url: str,
+    conn: psycopg.Connection[Any],
+    ending: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (issue 16 bug 6): the frame stage enqueues (and commits) between the
+    absorb and the statement that sets the job back to queued; the job still goes back,
+    absorbing the new duplicate, instead of raising UniqueViolation."""
+    support.add_video(conn, "v", ["x"])
+    job = make_queue().claim(conn)[0]
+    absorb = queue.Queue._absorb_duplicate
+    raced: list[int | None] = []
+
+    def absorb_then_enqueue(self: queue.Queue, *args: Any, **kwargs: Any) -> None:
+        absorb(self, *args, **kwargs)
+        if not raced:
+            with db.connect(database_url, autocommit=True) as frame_stage:
+                raced.append(queue.enqueue(frame_stage, "v", model=None, priority=3))
+
+    monkeypatch.setattr(queue.Queue, "_absorb_duplicate", absorb_then_enqueue)
+    if ending == "fail":
+        assert make_queue().fail(conn, job, "boom") == "queued"
+    else:
+        assert make_queue().release(conn, job)
+    assert raced[0] is not None
+    assert support.job(conn, raced[0])["status"] == "cancelled"
+    row = support.job(conn, job.id)
+    assert (row["status"], row["priority"]) == ("queued", 3)
+
+
+def test_claim_skips_past_an_exhausted_expired_job_regression_bug8(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 16 bug 8): an empty claim means nothing is claimable, even when
+    the first job in line was an expired one out of attempts (it becomes failed)."""
+    support.add_video(conn, "crashed", ["x"])
+    conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 1")
+    dead = make_queue("dead").claim(conn)[0]
+    expire(conn, dead.id)
+    waiting = support.add_video(conn, "waiting", ["x"])
+    assert [job.id for job in make_queue().claim(conn, limit=1)] == [waiting]
+    assert support.job(conn, dead.id)["status"] == "failed"
+    assert make_queue().claim(conn, limit=1) == []
+
+
+def test_burst_run_leaves_no_work_behind_an_exhausted_expired_job_regression_bug8(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, tiny_siglip_dir: Path
+) -> None:
+    """Regression (issue 16 bug 8): `run --burst` ran until an empty claim, and its first
+    claim (limit 1) only moved an exhausted expired job to failed: it exited at once."""
+    from argus_embedder import embedder, worker
+
+    model = embedder.load_embedder(str(tiny_siglip_dir), "cpu", batch_size=8)
+    support.add_video(conn, "crashed", [s3.put("crashed/0.jpg", textured_jpeg(1))])
+    conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 1")
+    dead = queue.Queue(model=model.model, worker_id="dead", lease_seconds=60).claim(conn)[0]
+    expire(conn, dead.id)
+    waiting = support.add_video(conn, "waiting", [s3.put("waiting/0.jpg", textured_jpeg(2))])
+    assert waiting is not None
+    config = support.worker_settings(conn.info.dsn, s3.bucket, s3.url, model.model, batch_size=8)
+    with worker.Worker(config, conn.info.dsn, model) as loop:
+        loop.run(burst=True)
+    assert support.job(conn, waiting)["status"] == "succeeded"
+    assert support.job(conn, dead.id)["status"] == "failed"
+
+
+def test_backoff_is_bounded_at_any_attempt_regression_bug5() -> None:
+    """Regression (issue 16 bug 5): 2 ** 1024 overflowed a float at attempt 1025."""
+    for attempt in (60, 1025, 10**9):
+        backoff = queue.backoff_seconds(attempt)
+        assert queue.MAX_BACKOFF_SECONDS / 2 <= backoff <= queue.MAX_BACKOFF_SECONDS
+
+
+def test_error_history_keeps_the_newest_entries_and_counts_all_regression_bug5(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 16 bug 5): a job failing forever (transient faults give their
+    attempt back; leases expiring) grew its `errors` history without end. Both paths that
+    append keep the newest 20 and count them all; the backoff reads the count."""
+    support.add_video(conn, "v", ["x"])
+    conn.execute("UPDATE argus.embedding_jobs SET max_attempts = 50")
+    conn.execute("SET ROLE argus_worker")  # the daemon's privileges, new function included
+    q = make_queue()
+    for failure in range(1, 13):
+        q.fail(conn, q.claim(conn)[0], f"boom {failure}", transient=True)
+        conn.execute("UPDATE argus.embedding_jobs SET run_at = now()")
+    for _ in range(12):
+        expire(conn, q.claim(conn)[0].id)  # the next claim reclaims it: "lease expired"
+    job = q.claim(conn)[0]
+    row = support.job(conn, job.id)
+    assert len(row["errors"]) == 20
+    assert row["errors_total"] == job.failures == 24
+    assert [entry["error"] for entry in row["errors"][:10]] == [
+        *(f"boom {failure}" for failure in range(5, 13)),
+        "lease expired",
+        "lease expired",
+    ]
+    assert row["errors"][-1]["attempt"] == 12
+
+
+def test_error_count_migration_counts_existing_histories(empty_database_url: str) -> None:
+    """0004 sets errors_total from the history of the jobs already there."""
+    with psycopg.connect(
+        empty_database_url, autocommit=True, row_factory=psycopg.rows.dict_row
+    ) as connection:
+        connection.execute(db.queries()["migrations_bootstrap"])
+        for migration in db.migrations():
+            if migration.version == 4:
+                connection.execute(
+                    "INSERT INTO argus.embedding_jobs (video_id, errors) VALUES "
+                    """('a', '[]'), ('b', '[{"error": "x"}, {"error": "y"}]')"""
+                )
+            with connection.transaction():
+                connection.execute(migration.sql.encode())
+        totals = connection.execute(
+            "SELECT video_id, errors_total FROM argus.embedding_jobs ORDER BY video_id"
+        ).fetchall()
+    assert [(row["video_id"], row["errors_total"]) for row in totals] == [("a", 0), ("b", 2)]
