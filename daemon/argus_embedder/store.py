@@ -28,6 +28,18 @@ class FrameResult:
     error: str | None = None
 
 
+def embedded(frame_id: int, vector: npt.NDArray[np.float32]) -> FrameResult:
+    """The frame's vector, or an error row if the model gave a non-finite one.
+
+    fp16/bf16 inference can overflow to inf or NaN; such a vector is meaningless, and
+    pgvector rejects it, which would fail the whole batch's write.
+    """
+    if np.isfinite(vector).all():
+        return FrameResult(frame_id, vector=vector)
+    log.warning("frame %s: the model gave a non-finite vector; recorded as an error", frame_id)
+    return FrameResult(frame_id, error="the model gave a non-finite vector (NaN or inf)")
+
+
 @dataclasses.dataclass(frozen=True)
 class JobWrite:
     """The rows of one batch that belong to one job; `complete` when they are its last."""
@@ -43,10 +55,17 @@ class JobWrite:
 
 @dataclasses.dataclass
 class Outcome:
-    """What a write did: jobs whose lease was gone, and jobs it completed."""
+    """What a write did: jobs whose lease was gone, jobs it completed, and jobs whose
+    rows the database refused (with why), which the caller fails."""
 
     lost: set[int] = dataclasses.field(default_factory=set)
     completed: set[int] = dataclasses.field(default_factory=set)
+    refused: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    def add(self, other: Outcome) -> None:
+        self.lost |= other.lost
+        self.completed |= other.completed
+        self.refused.update(other.refused)
 
 
 def write(

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 
 _LISTEN_SLICE = 0.5  # seconds; how quickly an idle loop notices a shutdown request
 _DB_RETRY_MAX = 30.0
+_UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout)  # the database, not the data
+# What the database says of rows it will not take: a constraint (a vanished frame's
+# foreign key; "no partition … found for row" is a CheckViolation) or a value it
+# rejects ("bigint out of range" for a frame id near 2^63). Such an error is one job's
+# data, never a reason for the daemon to stop.
+_REFUSED = (psycopg.errors.IntegrityError, psycopg.errors.DataError)
 _EMPTY_CLAIM_BACKOFF = 1.0  # seconds before topping up again after an empty claim
 _DOWNLOAD, _DECODE, _INFER, _WRITE = (
     metrics.STAGE_DURATION.labels(stage=stage) for stage in ("download", "decode", "infer", "write")
@@ -166,9 +172,17 @@ class Worker:
             try:
                 worked = self.run_once()
                 delay = 1.0
-            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+            except _UNAVAILABLE as error:
                 metrics.DB_ERRORS.inc()
                 log.warning("database unavailable (%s); retrying in %.0fs", _line(error), delay)
+                self.shutdown.wait(delay)
+                delay = min(delay * 2, _DB_RETRY_MAX)
+                continue
+            except Exception:
+                # Exiting would make systemd restart the daemon into the same error, and
+                # every daemon of the fleet with it: the jobs held were failed (their
+                # attempts counted), so the next round does other work.
+                log.exception("unexpected error in the loop; going on in %.0fs", delay)
                 self.shutdown.wait(delay)
                 delay = min(delay * 2, _DB_RETRY_MAX)
                 continue
@@ -184,13 +198,18 @@ class Worker:
         stream: collections.deque[_Item] = collections.deque()
         if not self._claim_into(stream):
             return False
+        failure: Exception | None = None
         try:
             self._stream(stream)
+        except Exception as error:
+            if not isinstance(error, _UNAVAILABLE):
+                failure = error
+            raise
         finally:
             for item in stream:
                 if item.future is not None:
                     item.future.cancel()
-            self._settle_unfinished()
+            self._settle_unfinished(failure)
         return True
 
     def beat(self) -> None:
@@ -303,7 +322,7 @@ class Worker:
             result = (
                 store.FrameResult(item.frame.id, error=str(output)[:1000])
                 if isinstance(output, errors.FrameError)
-                else store.FrameResult(item.frame.id, vector=vectors[id(item)])
+                else store.embedded(item.frame.id, vectors[id(item)])
             )
             by_job.setdefault(item.active.job.id, []).append(result)
             actives[item.active.job.id] = item.active
@@ -360,29 +379,79 @@ class Worker:
     def _write(self, writes: list[store.JobWrite]) -> store.Outcome:
         started = time.perf_counter()
         with self.pool.connection() as connection:
-            self._segment_cache().ensure(
-                connection, (result.frame_id for write in writes for result in write.results)
-            )
-            outcome = store.write(
-                connection,
-                writes,
-                preprocessing=self.embedder.preprocessing,
-                lease_seconds=self.settings.lease_seconds,
-            )
+            outcome = self._write_isolating_refusals(connection, writes)
         _WRITE.observe(time.perf_counter() - started)
         for job_write in writes:
-            if job_write.job.id in outcome.lost:
+            if job_write.job.id in outcome.lost or job_write.job.id in outcome.refused:
                 continue
             failed = job_write.failed
             metrics.FRAMES_PROCESSED.labels(outcome="failed").inc(failed)
             metrics.FRAMES_PROCESSED.labels(outcome="embedded").inc(len(job_write.results) - failed)
         return outcome
 
+    def _write_isolating_refusals(
+        self, connection: psycopg.Connection[Any], writes: list[store.JobWrite]
+    ) -> store.Outcome:
+        """Write the batch; if the database refuses a row (a constraint, a bad value),
+        write it job by job, so the innocent jobs' rows land and only the job whose
+        rows were refused is reported, to be failed with its attempt counted."""
+        try:
+            return self._write_rows(connection, writes)
+        except _REFUSED as error:
+            if len(writes) == 1:
+                return self._refused(connection, writes[0], error)
+        outcome = store.Outcome()
+        for job_write in writes:
+            try:
+                outcome.add(self._write_rows(connection, [job_write]))
+            except _REFUSED as error:
+                outcome.add(self._refused(connection, job_write, error))
+        return outcome
+
+    def _write_rows(
+        self, connection: psycopg.Connection[Any], writes: list[store.JobWrite]
+    ) -> store.Outcome:
+        self._segment_cache().ensure(
+            connection, (result.frame_id for write in writes for result in write.results)
+        )
+        return store.write(
+            connection,
+            writes,
+            preprocessing=self.embedder.preprocessing,
+            lease_seconds=self.settings.lease_seconds,
+        )
+
+    def _refused(
+        self, connection: psycopg.Connection[Any], job_write: store.JobWrite, error: Exception
+    ) -> store.Outcome:
+        """The outcome of a job whose rows the database refused, naming the frame when
+        one alone is refused (each tried in a transaction that is rolled back)."""
+        reason = _describe(error)
+        for result in job_write.results:
+            try:
+                # Segments are created for real: a rolled-back one would stay in the cache.
+                self._segment_cache().ensure(connection, [result.frame_id])
+                with connection.transaction(force_rollback=True):
+                    store.write(
+                        connection,
+                        [store.JobWrite(job_write.job, [result])],
+                        preprocessing=self.embedder.preprocessing,
+                        lease_seconds=self.settings.lease_seconds,
+                    )
+            except _REFUSED as frame_error:
+                reason = f"frame {result.frame_id} cannot be written: {_describe(frame_error)}"
+                break
+        return store.Outcome(refused={job_write.job.id: f"write refused: {reason}"})
+
     def _settle(self, pending: concurrent.futures.Future[store.Outcome] | None) -> None:
         """Wait for a write and account for it: lost leases, completed jobs."""
         if pending is None:
             return
         outcome = pending.result()
+        for job_id, error in outcome.refused.items():
+            active = self._active.get(job_id)
+            if active is not None:
+                self._fail_job(active, error)
         for job_id in outcome.lost:
             active = self._active.get(job_id)
             if active is not None and not active.finished:
@@ -418,17 +487,23 @@ class Worker:
         )
         self._finish(active, outcome)
 
-    def _settle_unfinished(self) -> None:
-        """After the stream: jobs still held are released (shutdown) without an attempt."""
+    def _settle_unfinished(self, failure: Exception | None) -> None:
+        """After the stream: jobs still held are released without an attempt when it
+        ended for a shutdown or a database outage; after an unexpected error, which may
+        be a held job's doing, they are failed with their attempt counted, so a job that
+        always causes one ends `failed` instead of being retried forever."""
         with self._active_lock:
             leftovers = [active for active in self._active.values() if not active.finished]
         for active in leftovers:
             try:
+                if failure is not None:
+                    self._fail_job(active, f"stopped by an unexpected error: {_describe(failure)}")
+                    continue
                 with self.pool.connection() as connection:
                     released = self.queue.release(connection, active.job)
             except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
                 # The database is gone: the lease expires and the job is reclaimed.
-                log.warning("job %s: could not release (%s)", active.job.id, _line(error))
+                log.warning("job %s: could not settle (%s)", active.job.id, _line(error))
                 released = False
             self._finish(active, "released" if released else "lease_lost")
 
@@ -536,6 +611,10 @@ def _describe_current() -> str:
     error = sys.exc_info()[1]
     log.exception("embedding failed")
     return f"{type(error).__name__}: {error}"
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {_line(error)}"
 
 
 def _line(error: BaseException) -> str:

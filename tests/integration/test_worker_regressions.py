@@ -1,0 +1,218 @@
+"""Regressions of issue 16 on the worker's write path.
+
+Each test drives a real Worker over a real database and S3 endpoint with a stand-in
+embedder (a deterministic unit vector per image, with hooks), so it runs in seconds
+and can place a fault at an exact point of the stream.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+import pytest
+
+from argus_embedder import worker
+from tests import support
+from tests.conftest import S3Endpoint
+
+MODEL = "stand-in/model"
+HUGE_FRAME_ID = 2**63 - 800
+
+
+class StandIn:
+    """An embedder stand-in: images are their own bytes; `on_embed` runs before each batch."""
+
+    model = MODEL
+    dimension = 8
+    preprocessing = "stand-in"
+    recipe: Any = None
+
+    def __init__(self, batch_size: int = 8) -> None:
+        self.batch_size = batch_size
+        self.batches: list[list[bytes]] = []
+        self.not_finite: set[bytes] = set()
+        self.on_embed: Callable[[int], None] | None = None
+
+    def prepare(self, data: bytes) -> bytes:
+        return data
+
+    def embed(self, images: Sequence[bytes]) -> npt.NDArray[np.float32]:
+        self.batches.append(list(images))
+        if self.on_embed is not None:
+            self.on_embed(len(self.batches))
+        rows = []
+        for data in images:
+            vector = np.random.default_rng(zlib.crc32(data)).normal(size=self.dimension)
+            vector = (vector / np.linalg.norm(vector)).astype(np.float32)
+            if data in self.not_finite:
+                vector[0] = np.nan  # as a half-precision overflow on a GPU can give
+            rows.append(vector)
+        return np.stack(rows)
+
+
+def image(video: str, index: int) -> bytes:
+    return f"{video}/{index}".encode()
+
+
+def add_video(conn: psycopg.Connection[Any], s3: S3Endpoint, video: str, frames: int) -> int:
+    uris = [s3.put(f"{video}/{i}", image(video, i)) for i in range(frames)]
+    job_id = support.add_video(conn, video, uris)
+    assert job_id is not None
+    return job_id
+
+
+def make_worker(
+    conn: psycopg.Connection[Any],
+    s3: S3Endpoint,
+    embedder: StandIn,
+    *,
+    shutdown: threading.Event | None = None,
+    **extra: Any,
+) -> worker.Worker:
+    config = support.worker_settings(
+        conn.info.dsn, s3.bucket, s3.url, MODEL, batch_size=embedder.batch_size, **extra
+    )
+    return worker.Worker(
+        config,
+        conn.info.dsn,
+        embedder,  # type: ignore[arg-type]
+        shutdown=shutdown,
+        threads=4,
+    )
+
+
+def rows_per_frame(conn: psycopg.Connection[Any], video: str) -> dict[int, int]:
+    rows = conn.execute(
+        "SELECT f.frame_index, count(e.frame_id) AS n FROM argus.frames f "
+        "LEFT JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = %s "
+        "WHERE f.video_id = %s GROUP BY f.frame_index ORDER BY f.frame_index",
+        (MODEL, video),
+    ).fetchall()
+    return {row["frame_index"]: row["n"] for row in rows}
+
+
+# --- bug 1: a write error never crash-loops the daemon --------------------------------
+
+
+def test_regression_bug1_non_finite_vector_becomes_that_frames_error_row(
+    conn: psycopg.Connection[Any], s3: S3Endpoint
+) -> None:
+    """Regression (issue 16 bug 1): a NaN vector is never stored; its frame fails alone."""
+    job_id = add_video(conn, s3, "nan", 6)
+    embedder = StandIn()
+    embedder.not_finite.add(image("nan", 2))
+    with make_worker(conn, s3, embedder) as loop:
+        loop.run(burst=True)
+    job = support.job(conn, job_id)
+    assert (job["status"], job["frames_done"], job["frames_failed"]) == ("succeeded", 6, 1)
+    rows = {row["frame_index"]: row for row in support.embeddings(conn, "nan")}
+    assert rows[2]["embedding"] is None and "non-finite" in rows[2]["error"]
+    assert all(rows[i]["embedding"] is not None for i in (0, 1, 3, 4, 5))
+
+
+def insert_frame_with_id(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, video: str, frame_id: int, index: int
+) -> None:
+    """What the frame stage's role could do before bug 11's fix: choose the frame id."""
+    uri = s3.put(f"{video}/{index}", image(video, index))
+    conn.execute(
+        "INSERT INTO argus.frames (id, video_id, frame_index, image_uri) "
+        "OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s)",
+        (frame_id, video, index, uri),
+    )
+
+
+def assert_failed_with_attempt(job: dict[str, Any], naming: str) -> None:
+    # Failed once, its attempt counted (a release would give it back: attempts 0),
+    # queued again with backoff until its attempts are used up.
+    assert (job["status"], job["attempts"]) == ("queued", 1), job
+    assert naming in job["last_error"], job["last_error"]
+
+
+@pytest.mark.parametrize("frame_id", [HUGE_FRAME_ID, -5], ids=["huge-id", "negative-id"])
+def test_regression_bug1_a_frame_id_the_write_rejects_fails_only_its_job(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, frame_id: int
+) -> None:
+    """Regression (issue 16 bug 1): `bigint out of range` (segment of a huge id) and
+    `no partition … found for row` (a negative id) fail the job with its attempt
+    counted; the batch-mate job is written; the worker keeps running."""
+    good = add_video(conn, s3, "good", 3)
+    bad = add_video(conn, s3, "bad", 2)
+    try:
+        insert_frame_with_id(conn, s3, "bad", frame_id, 2)
+    except psycopg.errors.IntegrityError:
+        pytest.skip("the schema now rejects this frame id (issue 16 bug 11)")
+    embedder = StandIn()
+    with make_worker(conn, s3, embedder) as loop:
+        loop.run(burst=True)
+        assert any(
+            image("good", 0) in batch and image("bad", 2) in batch for batch in embedder.batches
+        ), "the two jobs were meant to share a batch"
+        assert support.job(conn, good)["status"] == "succeeded"
+        assert list(rows_per_frame(conn, "good").values()) == [1, 1, 1]
+        assert_failed_with_attempt(support.job(conn, bad), f"frame {frame_id}")
+        assert rows_per_frame(conn, "bad") == {0: 0, 1: 0, 2: 0}
+        # Still running: the same loop takes the next job.
+        later = add_video(conn, s3, "later", 2)
+        loop.run(burst=True)
+    assert support.job(conn, later)["status"] == "succeeded"
+
+
+def test_regression_bug1_a_frame_deleted_before_its_write_fails_only_its_job(
+    conn: psycopg.Connection[Any], s3: S3Endpoint
+) -> None:
+    """Regression (issue 16 bug 1): a frame deleted between listing and write
+    (ForeignKeyViolation) fails its job with the attempt counted; the batch-mate
+    job is written; the worker keeps running."""
+    good = add_video(conn, s3, "good", 3)
+    bad = add_video(conn, s3, "bad", 3)
+    doomed = conn.execute(
+        "SELECT id FROM argus.frames WHERE video_id = 'bad' AND frame_index = 1"
+    ).fetchone()
+    assert doomed is not None
+    embedder = StandIn()
+
+    def delete_the_frame(batch: int) -> None:
+        if batch == 1:  # listed, in this batch, not written yet
+            with psycopg.connect(conn.info.dsn, autocommit=True) as other:
+                other.execute("DELETE FROM argus.frames WHERE id = %s", (doomed["id"],))
+
+    embedder.on_embed = delete_the_frame
+    with make_worker(conn, s3, embedder) as loop:
+        loop.run(burst=True)
+        assert support.job(conn, good)["status"] == "succeeded"
+        assert list(rows_per_frame(conn, "good").values()) == [1, 1, 1]
+        assert_failed_with_attempt(support.job(conn, bad), f"frame {doomed['id']}")
+        later = add_video(conn, s3, "later", 2)
+        loop.run(burst=True)
+    assert support.job(conn, later)["status"] == "succeeded"
+
+
+def test_regression_bug1_an_unexpected_error_never_gives_the_attempt_back(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (issue 16 bug 1): an exception nobody foresaw, raised inside the
+    stream, fails the held job with its attempt counted (no release), and the loop
+    goes on instead of exiting."""
+    job_id = add_video(conn, s3, "v", 4)
+    real = worker.Worker._embed_batch
+    calls = []
+
+    def crash_once(self: worker.Worker, batch: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug nobody foresaw")
+        return real(self, batch)
+
+    monkeypatch.setattr(worker.Worker, "_embed_batch", crash_once)
+    with make_worker(conn, s3, StandIn()) as loop:
+        loop.run(burst=True)
+    job = support.job(conn, job_id)
+    assert (job["status"], job["attempts"]) == ("queued", 1), job
+    assert "RuntimeError: a bug nobody foresaw" in job["last_error"]
