@@ -74,6 +74,10 @@ class _Active:
     lost: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished: bool = False  # completed, failed, lost or released: its frames are dropped
 
+    @property
+    def claim(self) -> store.Claim:
+        return store.claim_of(self.job)
+
 
 @dataclasses.dataclass(eq=False)
 class _Item:
@@ -110,7 +114,7 @@ class Worker:
         self._on_beat = on_beat
         self._threads = threads or default_threads()
         self._decode_processes = decode_processes
-        self._active: dict[int, _Active] = {}
+        self._active: dict[store.Claim, _Active] = {}  # by claim: an id can be claimed twice
         self._active_lock = threading.Lock()
         self._stack = contextlib.ExitStack()
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
@@ -251,6 +255,7 @@ class Worker:
             return False
         with self.pool.connection() as connection:
             jobs = self.queue.claim(connection, limit=limit)
+            self._void_earlier_claims(jobs)
             listed = self.queue.missing_frames(connection, jobs) if jobs else {}
             for job in jobs:
                 metrics.JOBS_CLAIMED.inc()
@@ -272,9 +277,21 @@ class Worker:
                     self._complete_empty(connection, active)
                     continue
                 with self._active_lock:
-                    self._active[job.id] = active
+                    self._active[active.claim] = active
                 stream.extend(_Item(active, frame) for frame in frames)
         return bool(jobs)
+
+    def _void_earlier_claims(self, jobs: list[Job]) -> None:
+        """A job cancelled and retried while its frames were still streaming came back
+        under the same id: its earlier claim here is void (its token is gone), so its
+        frames left in the stream are dropped and its writes are fenced out."""
+        ids = {job.id for job in jobs}
+        with self._active_lock:
+            void = [active for claim, active in self._active.items() if claim[0] in ids]
+        for active in void:
+            log.info("job %s: claimed again; the earlier claim is void", active.job.id)
+            active.lost.set()
+            self._finish(active, "lease_lost")
 
     def _submit_ahead(self, stream: collections.deque[_Item], ahead: int) -> None:
         assert self._preparer is not None
@@ -287,15 +304,27 @@ class Worker:
 
     def _take_batch(self, stream: collections.deque[_Item], size: int) -> list[_Item]:
         batch: list[_Item] = []
+        taken: dict[tuple[int, str], int] = {}  # (frame id, model) -> its place in the batch
         while stream and len(batch) < size:
             item = stream.popleft()
             if item.active.finished or item.active.lost.is_set():
-                if item.future is not None:
-                    item.future.cancel()
-                self._drop(item.active)
+                self._discard(item)
                 continue
+            key = (item.frame.id, item.active.job.model)
+            if key in taken:
+                # One frame twice in a write would void the whole COPY. Claims join the
+                # stream in order, so the later item is the newer (live) claim's.
+                self._discard(batch[taken[key]])
+                batch[taken[key]] = item
+                continue
+            taken[key] = len(batch)
             batch.append(item)
         return batch
+
+    def _discard(self, item: _Item) -> None:
+        if item.future is not None:
+            item.future.cancel()
+        self._drop(item.active)
 
     def _embed_batch(self, batch: list[_Item]) -> list[store.JobWrite]:
         """Embed the batch's good frames; returns the rows per job (each job's lease kept)."""
@@ -313,8 +342,7 @@ class Worker:
         live = [item for item in batch if not item.active.finished]
         good = [item for item in live if not isinstance(outputs[id(item)], Exception)]
         vectors = self._embed_isolating_failures(good, outputs)
-        by_job: dict[int, list[store.FrameResult]] = {}
-        actives: dict[int, _Active] = {}
+        by_claim: dict[_Active, list[store.FrameResult]] = {}
         for item in live:
             if item.active.finished:  # its sub-batch crashed the model: the job was failed
                 continue
@@ -324,11 +352,9 @@ class Worker:
                 if isinstance(output, errors.FrameError)
                 else store.embedded(item.frame.id, vectors[id(item)])
             )
-            by_job.setdefault(item.active.job.id, []).append(result)
-            actives[item.active.job.id] = item.active
+            by_claim.setdefault(item.active, []).append(result)
         writes = []
-        for job_id, results in by_job.items():
-            active = actives[job_id]
+        for active, results in by_claim.items():
             active.pending -= len(results)
             writes.append(store.JobWrite(active.job, results, complete=active.pending == 0))
         return writes
@@ -356,7 +382,7 @@ class Worker:
         try:
             return self._embed(good, outputs)
         except Exception:
-            if len({item.active.job.id for item in good}) == 1:
+            if len({item.active.claim for item in good}) == 1:
                 self._fail_job(good[0].active, _describe_current())
                 return {}
         vectors: dict[int, npt.NDArray[np.float32]] = {}
@@ -382,7 +408,8 @@ class Worker:
             outcome = self._write_isolating_refusals(connection, writes)
         _WRITE.observe(time.perf_counter() - started)
         for job_write in writes:
-            if job_write.job.id in outcome.lost or job_write.job.id in outcome.refused:
+            claim = store.claim_of(job_write.job)
+            if claim in outcome.lost or claim in outcome.refused:
                 continue
             failed = job_write.failed
             metrics.FRAMES_PROCESSED.labels(outcome="failed").inc(failed)
@@ -441,24 +468,24 @@ class Worker:
             except _REFUSED as frame_error:
                 reason = f"frame {result.frame_id} cannot be written: {_describe(frame_error)}"
                 break
-        return store.Outcome(refused={job_write.job.id: f"write refused: {reason}"})
+        return store.Outcome(refused={store.claim_of(job_write.job): f"write refused: {reason}"})
 
     def _settle(self, pending: concurrent.futures.Future[store.Outcome] | None) -> None:
         """Wait for a write and account for it: lost leases, completed jobs."""
         if pending is None:
             return
         outcome = pending.result()
-        for job_id, error in outcome.refused.items():
-            active = self._active.get(job_id)
+        for claim, error in outcome.refused.items():
+            active = self._active.get(claim)
             if active is not None:
                 self._fail_job(active, error)
-        for job_id in outcome.lost:
-            active = self._active.get(job_id)
+        for claim in outcome.lost:
+            active = self._active.get(claim)
             if active is not None and not active.finished:
                 active.lost.set()
                 self._finish(active, "lease_lost")
-        for job_id in outcome.completed:
-            active = self._active.get(job_id)
+        for claim in outcome.completed:
+            active = self._active.get(claim)
             if active is not None:
                 metrics.JOB_DURATION.observe(time.monotonic() - active.started)
                 metrics.LAST_SUCCESS.set_to_current_time()
@@ -510,7 +537,7 @@ class Worker:
     def _finish(self, active: _Active, outcome: str) -> None:
         active.finished = True
         with self._active_lock:
-            self._active.pop(active.job.id, None)
+            self._active.pop(active.claim, None)
         self._finish_outcome(active.job, outcome)
 
     def _finish_outcome(self, job: Job, outcome: str) -> None:
@@ -599,9 +626,9 @@ def default_threads() -> int:
 
 
 def _group_by_job(items: list[_Item]) -> list[list[_Item]]:
-    groups: dict[int, list[_Item]] = {}
+    groups: dict[store.Claim, list[_Item]] = {}
     for item in items:
-        groups.setdefault(item.active.job.id, []).append(item)
+        groups.setdefault(item.active.claim, []).append(item)
     return list(groups.values())
 
 

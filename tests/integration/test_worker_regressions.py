@@ -1,4 +1,4 @@
-"""Regressions of issue 16 on the worker's write path.
+"""Regressions of issue 16 on the worker's write path and claims.
 
 Each test drives a real Worker over a real database and S3 endpoint with a stand-in
 embedder (a deterministic unit vector per image, with hooks), so it runs in seconds
@@ -17,7 +17,7 @@ import numpy.typing as npt
 import psycopg
 import pytest
 
-from argus_embedder import worker
+from argus_embedder import index, queue, store, worker
 from tests import support
 from tests.conftest import S3Endpoint
 
@@ -216,3 +216,55 @@ def test_regression_bug1_an_unexpected_error_never_gives_the_attempt_back(
     job = support.job(conn, job_id)
     assert (job["status"], job["attempts"]) == ("queued", 1), job
     assert "RuntimeError: a bug nobody foresaw" in job["last_error"]
+
+
+# --- bug 3: one job id claimed twice by one worker ------------------------------------
+
+
+def test_regression_bug3_a_job_cancelled_and_retried_mid_stream_finishes_on_its_new_claim(
+    conn: psycopg.Connection[Any], s3: S3Endpoint
+) -> None:
+    """Regression (issue 16 bug 3): `cancel ID; retry ID` while the worker streams the
+    job makes it claim the same id again; the new claim must not be taken for the old
+    one (marked lost, stranded `running`)."""
+    job_id = add_video(conn, s3, "twice", 4)
+    embedder = StandIn(batch_size=2)
+
+    def cancel_and_retry(batch: int) -> None:
+        if batch == 1:  # the stream runs low: the next top-up claims the job again
+            with psycopg.connect(conn.info.dsn, autocommit=True) as other:
+                assert queue.cancel(other, job_id) and queue.retry(other, job_id)
+
+    embedder.on_embed = cancel_and_retry
+    with make_worker(conn, s3, embedder) as loop:
+        loop.run(burst=True)
+    job = support.job(conn, job_id)
+    assert (job["status"], job["frames_total"], job["frames_done"]) == ("succeeded", 4, 4), job
+    assert rows_per_frame(conn, "twice") == {0: 1, 1: 1, 2: 1, 3: 1}
+
+
+def test_regression_bug3_one_write_holding_an_old_and_a_new_claim_of_a_job(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 16 bug 3): rows of the same frame from the stale and the live
+    claim of one job in one write: only the live claim's row is written, the stale
+    claim is reported lost, and nothing raises UniqueViolation."""
+    support.add_video(conn, "v", ["a.jpg", "b.jpg"])
+    taker = queue.Queue(model=MODEL, worker_id="w", lease_seconds=60)
+    segments = index.Segments(index.register(conn, MODEL, 8))
+    (old,) = taker.claim(conn)
+    queue.cancel(conn, old.id)
+    queue.retry(conn, old.id)
+    (new,) = taker.claim(conn)
+    assert (new.id, new.lease_token) != (old.id, old.lease_token)
+    frames = taker.missing_frames(conn, [new])[new.id]
+    segments.ensure(conn, [frame.id for frame in frames])
+    vector = np.ones(8, dtype=np.float32) / np.sqrt(8)
+    writes = [
+        store.JobWrite(job, [store.FrameResult(frame.id, vector=vector) for frame in frames])
+        for job in (old, new)
+    ]
+    outcome = store.write(conn, writes, preprocessing="p", lease_seconds=60)
+    assert outcome.lost == {store.claim_of(old)}
+    assert rows_per_frame(conn, "v") == {0: 1, 1: 1}
+    assert support.job(conn, new.id)["frames_done"] == 2
