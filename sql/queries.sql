@@ -135,7 +135,7 @@ RETURNING j.id, j.video_id, j.model, j.status, j.priority, j.attempts, j.max_att
           (now() - j.run_at) AS queue_wait;
 
 -- name: commit_lazily
--- Bookkeeping transactions (claim, listing, lease renewal) commit without waiting
+-- Bookkeeping transactions (claim, lease renewal) commit without waiting
 -- for their WAL flush: see queue._commit_lazily for why losing one is harmless.
 SET LOCAL synchronous_commit = off;
 
@@ -175,7 +175,8 @@ ORDER BY fenced.id, m.frame_index;
 
 -- name: record_progress
 -- Fences a batch write: locks each job's row and proves we still hold its lease
--- (parallel arrays, one entry per job in the batch); returns the jobs still held.
+-- (parallel arrays, one entry per claim in the batch); returns the claims still held
+-- (a job claimed again under the same id has a new token, the old claim is not held).
 UPDATE argus.embedding_jobs j
 SET frames_done      = j.frames_done + p.done,
     frames_failed    = j.frames_failed + p.failed,
@@ -184,7 +185,7 @@ SET frames_done      = j.frames_done + p.done,
 FROM unnest(%(job_ids)s::bigint[], %(lease_tokens)s::uuid[],
             %(done)s::integer[], %(failed)s::integer[]) AS p (id, token, done, failed)
 WHERE j.id = p.id AND j.lease_token = p.token AND j.status = 'running'
-RETURNING j.id;
+RETURNING j.id, j.lease_token;
 
 -- name: copy_embeddings
 COPY argus.frame_embeddings (frame_id, model, embedding, error, preprocessing)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,15 @@ log = logging.getLogger(__name__)
 
 _COPY_TYPES = ["int8", "text", "vector", "text", "text"]
 
+# One claim of a job: its id and the lease token of that claim. A job cancelled and
+# retried while a worker still streams it is claimed again under the same id, so
+# whatever a claim owns (its rows, its lease, its ending) is keyed by both.
+Claim = tuple[int, uuid.UUID]
+
+
+def claim_of(job: Job) -> Claim:
+    return (job.id, job.lease_token)
+
 
 @dataclasses.dataclass(frozen=True)
 class FrameResult:
@@ -26,6 +36,18 @@ class FrameResult:
     frame_id: int
     vector: npt.NDArray[np.float32] | None = None
     error: str | None = None
+
+
+def embedded(frame_id: int, vector: npt.NDArray[np.float32]) -> FrameResult:
+    """The frame's vector, or an error row if the model gave a non-finite one.
+
+    fp16/bf16 inference can overflow to inf or NaN; such a vector is meaningless, and
+    pgvector rejects it, which would fail the whole batch's write.
+    """
+    if np.isfinite(vector).all():
+        return FrameResult(frame_id, vector=vector)
+    log.warning("frame %s: the model gave a non-finite vector; recorded as an error", frame_id)
+    return FrameResult(frame_id, error="the model gave a non-finite vector (NaN or inf)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +65,17 @@ class JobWrite:
 
 @dataclasses.dataclass
 class Outcome:
-    """What a write did: jobs whose lease was gone, and jobs it completed."""
+    """What a write did: jobs whose lease was gone, jobs it completed, and jobs whose
+    rows the database refused (with why), which the caller fails."""
 
-    lost: set[int] = dataclasses.field(default_factory=set)
-    completed: set[int] = dataclasses.field(default_factory=set)
+    lost: set[Claim] = dataclasses.field(default_factory=set)
+    completed: set[Claim] = dataclasses.field(default_factory=set)
+    refused: dict[Claim, str] = dataclasses.field(default_factory=dict)
+
+    def add(self, other: Outcome) -> None:
+        self.lost |= other.lost
+        self.completed |= other.completed
+        self.refused.update(other.refused)
 
 
 def write(
@@ -65,8 +94,8 @@ def write(
     outcome = Outcome()
     with connection.transaction():
         still_held = _record_progress(connection, writes, lease_seconds)
-        held = [job_write for job_write in writes if job_write.job.id in still_held]
-        outcome.lost = {job_write.job.id for job_write in writes} - still_held
+        held = [job_write for job_write in writes if claim_of(job_write.job) in still_held]
+        outcome.lost = {claim_of(job_write.job) for job_write in writes} - still_held
         try:
             with connection.transaction():  # savepoint: a conflict must not void the fence
                 _copy(connection, held, preprocessing)
@@ -75,14 +104,17 @@ def write(
             # insert): those frames are finished either way, so skip them.
             held = _without_existing(connection, held)
             _copy(connection, held, preprocessing)
-        outcome.completed = queue.complete_jobs(connection, [w.job for w in held if w.complete])
+        completing = [job_write.job for job_write in held if job_write.complete]
+        # Held claims are each their job's only live one: the returned ids name them.
+        completed = queue.complete_jobs(connection, completing)
+        outcome.completed = {claim_of(job) for job in completing if job.id in completed}
     return outcome
 
 
 def _record_progress(
     connection: psycopg.Connection[Any], writes: Sequence[JobWrite], lease_seconds: float
-) -> set[int]:
-    """Every job's progress in one fenced statement; the ids whose lease is still ours."""
+) -> set[Claim]:
+    """Every job's progress in one fenced statement; the claims whose lease is still ours."""
     if not writes:
         return set()
     rows = connection.execute(
@@ -94,7 +126,7 @@ def _record_progress(
             "lease_seconds": lease_seconds,
         },
     ).fetchall()
-    return {row["id"] for row in rows}
+    return {(row["id"], row["lease_token"]) for row in rows}
 
 
 def _copy(

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 
 _LISTEN_SLICE = 0.5  # seconds; how quickly an idle loop notices a shutdown request
 _DB_RETRY_MAX = 30.0
+_UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout)  # the database, not the data
+# What the database says of rows it will not take: a constraint (a vanished frame's
+# foreign key; "no partition … found for row" is a CheckViolation) or a value it
+# rejects ("bigint out of range" for a frame id near 2^63). Such an error is one job's
+# data, never a reason for the daemon to stop.
+_REFUSED = (psycopg.errors.IntegrityError, psycopg.errors.DataError)
 _EMPTY_CLAIM_BACKOFF = 1.0  # seconds before topping up again after an empty claim
 _DOWNLOAD, _DECODE, _INFER, _WRITE = (
     metrics.STAGE_DURATION.labels(stage=stage) for stage in ("download", "decode", "infer", "write")
@@ -68,6 +74,10 @@ class _Active:
     lost: threading.Event = dataclasses.field(default_factory=threading.Event)
     finished: bool = False  # completed, failed, lost or released: its frames are dropped
 
+    @property
+    def claim(self) -> store.Claim:
+        return store.claim_of(self.job)
+
 
 @dataclasses.dataclass(eq=False)
 class _Item:
@@ -90,6 +100,7 @@ class Worker:
         storage: Storage | None = None,
         shutdown: threading.Event | None = None,
         on_beat: Callable[[], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
         threads: int | None = None,
         decode_processes: int = 0,
     ) -> None:
@@ -102,9 +113,12 @@ class Worker:
             model=embedder.model, worker_id=settings.worker_id, lease_seconds=settings.lease_seconds
         )
         self._on_beat = on_beat
+        self._on_failure = on_failure  # a thread the loop needs died: the process is unwell
+        self._keeper: threading.Thread | None = None
+        self._keeper_reported = False
         self._threads = threads or default_threads()
         self._decode_processes = decode_processes
-        self._active: dict[int, _Active] = {}
+        self._active: dict[store.Claim, _Active] = {}  # by claim: an id can be claimed twice
         self._active_lock = threading.Lock()
         self._stack = contextlib.ExitStack()
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
@@ -166,9 +180,17 @@ class Worker:
             try:
                 worked = self.run_once()
                 delay = 1.0
-            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+            except _UNAVAILABLE as error:
                 metrics.DB_ERRORS.inc()
                 log.warning("database unavailable (%s); retrying in %.0fs", _line(error), delay)
+                self.shutdown.wait(delay)
+                delay = min(delay * 2, _DB_RETRY_MAX)
+                continue
+            except Exception:
+                # Exiting would make systemd restart the daemon into the same error, and
+                # every daemon of the fleet with it: the jobs held were failed (their
+                # attempts counted), so the next round does other work.
+                log.exception("unexpected error in the loop; going on in %.0fs", delay)
                 self.shutdown.wait(delay)
                 delay = min(delay * 2, _DB_RETRY_MAX)
                 continue
@@ -184,16 +206,26 @@ class Worker:
         stream: collections.deque[_Item] = collections.deque()
         if not self._claim_into(stream):
             return False
+        # Busy until the stream ends, and it claims on its own meanwhile: a LISTEN
+        # connection left unread that long pins the server's notification queue, and
+        # once that fills every enqueue fails. It is opened again when the loop idles.
+        self._close_listener()
+        failure: Exception | None = None
         try:
             self._stream(stream)
+        except Exception as error:
+            if not isinstance(error, _UNAVAILABLE):
+                failure = error
+            raise
         finally:
             for item in stream:
                 if item.future is not None:
                     item.future.cancel()
-            self._settle_unfinished()
+            self._settle_unfinished(failure)
         return True
 
     def beat(self) -> None:
+        self._lease_keeper_alive()  # reports a dead keeper even while the loop idles
         if self._on_beat is not None:
             self._on_beat()
 
@@ -228,10 +260,11 @@ class Worker:
 
     def _claim_into(self, stream: collections.deque[_Item], limit: int = 1) -> bool:
         """Claim up to `limit` jobs and append their missing frames; False when none was."""
-        if self.shutdown.is_set():
+        if self.shutdown.is_set() or not self._lease_keeper_alive():
             return False
         with self.pool.connection() as connection:
             jobs = self.queue.claim(connection, limit=limit)
+            self._void_earlier_claims(jobs)
             listed = self.queue.missing_frames(connection, jobs) if jobs else {}
             for job in jobs:
                 metrics.JOBS_CLAIMED.inc()
@@ -253,9 +286,21 @@ class Worker:
                     self._complete_empty(connection, active)
                     continue
                 with self._active_lock:
-                    self._active[job.id] = active
+                    self._active[active.claim] = active
                 stream.extend(_Item(active, frame) for frame in frames)
         return bool(jobs)
+
+    def _void_earlier_claims(self, jobs: list[Job]) -> None:
+        """A job cancelled and retried while its frames were still streaming came back
+        under the same id: its earlier claim here is void (its token is gone), so its
+        frames left in the stream are dropped and its writes are fenced out."""
+        ids = {job.id for job in jobs}
+        with self._active_lock:
+            void = [active for claim, active in self._active.items() if claim[0] in ids]
+        for active in void:
+            log.info("job %s: claimed again; the earlier claim is void", active.job.id)
+            active.lost.set()
+            self._finish(active, "lease_lost")
 
     def _submit_ahead(self, stream: collections.deque[_Item], ahead: int) -> None:
         assert self._preparer is not None
@@ -268,15 +313,27 @@ class Worker:
 
     def _take_batch(self, stream: collections.deque[_Item], size: int) -> list[_Item]:
         batch: list[_Item] = []
+        taken: dict[tuple[int, str], int] = {}  # (frame id, model) -> its place in the batch
         while stream and len(batch) < size:
             item = stream.popleft()
             if item.active.finished or item.active.lost.is_set():
-                if item.future is not None:
-                    item.future.cancel()
-                self._drop(item.active)
+                self._discard(item)
                 continue
+            key = (item.frame.id, item.active.job.model)
+            if key in taken:
+                # One frame twice in a write would void the whole COPY. Claims join the
+                # stream in order, so the later item is the newer (live) claim's.
+                self._discard(batch[taken[key]])
+                batch[taken[key]] = item
+                continue
+            taken[key] = len(batch)
             batch.append(item)
         return batch
+
+    def _discard(self, item: _Item) -> None:
+        if item.future is not None:
+            item.future.cancel()
+        self._drop(item.active)
 
     def _embed_batch(self, batch: list[_Item]) -> list[store.JobWrite]:
         """Embed the batch's good frames; returns the rows per job (each job's lease kept)."""
@@ -294,8 +351,7 @@ class Worker:
         live = [item for item in batch if not item.active.finished]
         good = [item for item in live if not isinstance(outputs[id(item)], Exception)]
         vectors = self._embed_isolating_failures(good, outputs)
-        by_job: dict[int, list[store.FrameResult]] = {}
-        actives: dict[int, _Active] = {}
+        by_claim: dict[_Active, list[store.FrameResult]] = {}
         for item in live:
             if item.active.finished:  # its sub-batch crashed the model: the job was failed
                 continue
@@ -303,13 +359,11 @@ class Worker:
             result = (
                 store.FrameResult(item.frame.id, error=str(output)[:1000])
                 if isinstance(output, errors.FrameError)
-                else store.FrameResult(item.frame.id, vector=vectors[id(item)])
+                else store.embedded(item.frame.id, vectors[id(item)])
             )
-            by_job.setdefault(item.active.job.id, []).append(result)
-            actives[item.active.job.id] = item.active
+            by_claim.setdefault(item.active, []).append(result)
         writes = []
-        for job_id, results in by_job.items():
-            active = actives[job_id]
+        for active, results in by_claim.items():
             active.pending -= len(results)
             writes.append(store.JobWrite(active.job, results, complete=active.pending == 0))
         return writes
@@ -337,7 +391,7 @@ class Worker:
         try:
             return self._embed(good, outputs)
         except Exception:
-            if len({item.active.job.id for item in good}) == 1:
+            if len({item.active.claim for item in good}) == 1:
                 self._fail_job(good[0].active, _describe_current())
                 return {}
         vectors: dict[int, npt.NDArray[np.float32]] = {}
@@ -360,36 +414,87 @@ class Worker:
     def _write(self, writes: list[store.JobWrite]) -> store.Outcome:
         started = time.perf_counter()
         with self.pool.connection() as connection:
-            self._segment_cache().ensure(
-                connection, (result.frame_id for write in writes for result in write.results)
-            )
-            outcome = store.write(
-                connection,
-                writes,
-                preprocessing=self.embedder.preprocessing,
-                lease_seconds=self.settings.lease_seconds,
-            )
+            outcome = self._write_isolating_refusals(connection, writes)
         _WRITE.observe(time.perf_counter() - started)
         for job_write in writes:
-            if job_write.job.id in outcome.lost:
+            claim = store.claim_of(job_write.job)
+            if claim in outcome.lost or claim in outcome.refused:
                 continue
             failed = job_write.failed
             metrics.FRAMES_PROCESSED.labels(outcome="failed").inc(failed)
             metrics.FRAMES_PROCESSED.labels(outcome="embedded").inc(len(job_write.results) - failed)
         return outcome
 
+    def _write_isolating_refusals(
+        self, connection: psycopg.Connection[Any], writes: list[store.JobWrite]
+    ) -> store.Outcome:
+        """Write the batch; if the database refuses a row (a constraint, a bad value),
+        write it job by job, so the innocent jobs' rows land and only the job whose
+        rows were refused is reported, to be failed with its attempt counted."""
+        try:
+            return self._write_rows(connection, writes)
+        except _REFUSED as error:
+            if len(writes) == 1:
+                return self._refused(connection, writes[0], error)
+        outcome = store.Outcome()
+        for job_write in writes:
+            try:
+                outcome.add(self._write_rows(connection, [job_write]))
+            except _REFUSED as error:
+                outcome.add(self._refused(connection, job_write, error))
+        return outcome
+
+    def _write_rows(
+        self, connection: psycopg.Connection[Any], writes: list[store.JobWrite]
+    ) -> store.Outcome:
+        self._segment_cache().ensure(
+            connection, (result.frame_id for write in writes for result in write.results)
+        )
+        return store.write(
+            connection,
+            writes,
+            preprocessing=self.embedder.preprocessing,
+            lease_seconds=self.settings.lease_seconds,
+        )
+
+    def _refused(
+        self, connection: psycopg.Connection[Any], job_write: store.JobWrite, error: Exception
+    ) -> store.Outcome:
+        """The outcome of a job whose rows the database refused, naming the frame when
+        one alone is refused (each tried in a transaction that is rolled back)."""
+        reason = _describe(error)
+        for result in job_write.results:
+            try:
+                # Segments are created for real: a rolled-back one would stay in the cache.
+                self._segment_cache().ensure(connection, [result.frame_id])
+                with connection.transaction(force_rollback=True):
+                    store.write(
+                        connection,
+                        [store.JobWrite(job_write.job, [result])],
+                        preprocessing=self.embedder.preprocessing,
+                        lease_seconds=self.settings.lease_seconds,
+                    )
+            except _REFUSED as frame_error:
+                reason = f"frame {result.frame_id} cannot be written: {_describe(frame_error)}"
+                break
+        return store.Outcome(refused={store.claim_of(job_write.job): f"write refused: {reason}"})
+
     def _settle(self, pending: concurrent.futures.Future[store.Outcome] | None) -> None:
         """Wait for a write and account for it: lost leases, completed jobs."""
         if pending is None:
             return
         outcome = pending.result()
-        for job_id in outcome.lost:
-            active = self._active.get(job_id)
+        for claim, error in outcome.refused.items():
+            active = self._active.get(claim)
+            if active is not None:
+                self._fail_job(active, error)
+        for claim in outcome.lost:
+            active = self._active.get(claim)
             if active is not None and not active.finished:
                 active.lost.set()
                 self._finish(active, "lease_lost")
-        for job_id in outcome.completed:
-            active = self._active.get(job_id)
+        for claim in outcome.completed:
+            active = self._active.get(claim)
             if active is not None:
                 metrics.JOB_DURATION.observe(time.monotonic() - active.started)
                 metrics.LAST_SUCCESS.set_to_current_time()
@@ -418,24 +523,30 @@ class Worker:
         )
         self._finish(active, outcome)
 
-    def _settle_unfinished(self) -> None:
-        """After the stream: jobs still held are released (shutdown) without an attempt."""
+    def _settle_unfinished(self, failure: Exception | None) -> None:
+        """After the stream: jobs still held are released without an attempt when it
+        ended for a shutdown or a database outage; after an unexpected error, which may
+        be a held job's doing, they are failed with their attempt counted, so a job that
+        always causes one ends `failed` instead of being retried forever."""
         with self._active_lock:
             leftovers = [active for active in self._active.values() if not active.finished]
         for active in leftovers:
             try:
+                if failure is not None:
+                    self._fail_job(active, f"stopped by an unexpected error: {_describe(failure)}")
+                    continue
                 with self.pool.connection() as connection:
                     released = self.queue.release(connection, active.job)
             except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
                 # The database is gone: the lease expires and the job is reclaimed.
-                log.warning("job %s: could not release (%s)", active.job.id, _line(error))
+                log.warning("job %s: could not settle (%s)", active.job.id, _line(error))
                 released = False
             self._finish(active, "released" if released else "lease_lost")
 
     def _finish(self, active: _Active, outcome: str) -> None:
         active.finished = True
         with self._active_lock:
-            self._active.pop(active.job.id, None)
+            self._active.pop(active.claim, None)
         self._finish_outcome(active.job, outcome)
 
     def _finish_outcome(self, job: Job, outcome: str) -> None:
@@ -460,28 +571,49 @@ class Worker:
             target=self._renew_leases, args=(stop,), name="argus-heartbeat", daemon=True
         )
         thread.start()
+        self._keeper = thread
         try:
             yield
         finally:
+            self._keeper = None  # stopped on purpose from here on
             stop.set()
             thread.join(timeout=5)
 
     def _renew_leases(self, stop: threading.Event) -> None:
         while not stop.wait(self.settings.heartbeat_interval):
-            with self._active_lock:
-                actives = [active for active in self._active.values() if not active.finished]
-            if not actives:
-                continue
             try:
-                with self.pool.connection(timeout=self.settings.heartbeat_interval) as connection:
-                    held = self.queue.renew(connection, [active.job for active in actives])
+                self._renew_round()
             except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
                 log.warning("lease renewal failed: %s", _line(error))
-                continue
-            for active in actives:
-                if active.job.id not in held:
-                    log.warning("job %s: lease lost (cancelled or reclaimed)", active.job.id)
-                    active.lost.set()
+            except Exception:
+                # Ending the keeper would let every held lease lapse: log, try next round.
+                log.exception("lease renewal failed")
+
+    def _renew_round(self) -> None:
+        with self._active_lock:
+            actives = [active for active in self._active.values() if not active.finished]
+        if not actives:
+            return
+        with self.pool.connection(timeout=self.settings.heartbeat_interval) as connection:
+            held = self.queue.renew(connection, [active.job for active in actives])
+        for active in actives:
+            if active.job.id not in held:
+                log.warning("job %s: lease lost (cancelled or reclaimed)", active.job.id)
+                active.lost.set()
+
+    def _lease_keeper_alive(self) -> bool:
+        """False once the keeper thread has ended while the worker runs: then no job is
+        claimed (its lease would lapse mid-stream) and `on_failure` is told, once."""
+        keeper = self._keeper
+        if keeper is None or keeper.is_alive():
+            return True
+        if not self._keeper_reported:
+            self._keeper_reported = True
+            reason = "the lease keeper thread stopped: no more jobs are claimed"
+            log.error(reason)
+            if self._on_failure is not None:
+                self._on_failure(reason)
+        return False
 
     def _wait_for_work(self) -> None:
         """Sleep until a NOTIFY, the poll interval, or shutdown, whichever comes first."""
@@ -491,7 +623,10 @@ class Worker:
             if left <= 0:
                 return
             self.beat()
+            fresh = self._listener is None
             listener = self._listen()
+            if fresh and listener is not None:
+                return  # claim once more: a job enqueued just before LISTEN woke nobody
             if listener is None:
                 self.shutdown.wait(min(left, _LISTEN_SLICE))
                 continue
@@ -524,9 +659,9 @@ def default_threads() -> int:
 
 
 def _group_by_job(items: list[_Item]) -> list[list[_Item]]:
-    groups: dict[int, list[_Item]] = {}
+    groups: dict[store.Claim, list[_Item]] = {}
     for item in items:
-        groups.setdefault(item.active.job.id, []).append(item)
+        groups.setdefault(item.active.claim, []).append(item)
     return list(groups.values())
 
 
@@ -536,6 +671,10 @@ def _describe_current() -> str:
     error = sys.exc_info()[1]
     log.exception("embedding failed")
     return f"{type(error).__name__}: {error}"
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {_line(error)}"
 
 
 def _line(error: BaseException) -> str:

@@ -96,7 +96,7 @@ def test_stale_token_writes_nothing(conn: psycopg.Connection[Any]) -> None:
         preprocessing="p",
         lease_seconds=60,
     )
-    assert lost.lost == {stale.id}
+    assert lost.lost == {store.claim_of(stale)}
     assert conn.execute("SELECT count(*) AS n FROM argus.frame_embeddings").fetchone()["n"] == 0
     assert make_queue("old").complete(conn, stale) is None
     assert make_queue("old").fail(conn, stale, "boom") is None
