@@ -202,6 +202,10 @@ class Worker:
         stream: collections.deque[_Item] = collections.deque()
         if not self._claim_into(stream):
             return False
+        # Busy until the stream ends, and it claims on its own meanwhile: a LISTEN
+        # connection left unread that long pins the server's notification queue, and
+        # once that fills every enqueue fails. It is opened again when the loop idles.
+        self._close_listener()
         failure: Exception | None = None
         try:
             self._stream(stream)
@@ -593,7 +597,10 @@ class Worker:
             if left <= 0:
                 return
             self.beat()
+            fresh = self._listener is None
             listener = self._listen()
+            if fresh and listener is not None:
+                return  # claim once more: a job enqueued just before LISTEN woke nobody
             if listener is None:
                 self.shutdown.wait(min(left, _LISTEN_SLICE))
                 continue

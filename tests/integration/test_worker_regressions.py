@@ -1,4 +1,4 @@
-"""Regressions of issue 16 on the worker's write path and claims.
+"""Regressions of issue 16 on the worker's write path, claims and wake-ups.
 
 Each test drives a real Worker over a real database and S3 endpoint with a stand-in
 embedder (a deterministic unit vector per image, with hooks), so it runs in seconds
@@ -7,9 +7,11 @@ and can place a fault at an exact point of the stream.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -268,3 +270,65 @@ def test_regression_bug3_one_write_holding_an_old_and_a_new_claim_of_a_job(
     assert outcome.lost == {store.claim_of(old)}
     assert rows_per_frame(conn, "v") == {0: 1, 1: 1}
     assert support.job(conn, new.id)["frames_done"] == 2
+
+
+# --- bug 4: a busy worker does not pin the NOTIFY queue -------------------------------
+
+
+@contextlib.contextmanager
+def running_in_thread(loop: worker.Worker, stop: threading.Event) -> Iterator[None]:
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run()
+        except BaseException as error:
+            failures.append(error)
+            raise
+
+    thread = threading.Thread(target=run, name="test-worker")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert not failures, failures
+
+
+def notify_queue_usage(conn: psycopg.Connection[Any]) -> float:
+    row = conn.execute("SELECT pg_notification_queue_usage() AS usage").fetchone()
+    assert row is not None
+    return float(row["usage"])
+
+
+def test_regression_bug4_a_busy_worker_does_not_pin_the_notify_queue(
+    conn: psycopg.Connection[Any], s3: S3Endpoint
+) -> None:
+    """Regression (issue 16 bug 4): while the loop streams a long job, its LISTEN
+    connection must not hold back PostgreSQL's notification queue."""
+    embedder = StandIn(batch_size=2)
+    embedder.on_embed = lambda batch: time.sleep(0.2)  # 300 frames: 30 s busy
+    stop = threading.Event()
+    with make_worker(conn, s3, embedder, shutdown=stop) as loop, running_in_thread(loop, stop):
+        support.wait_for(lambda: listening(conn), 10, "the idle worker to LISTEN")
+        long_job = add_video(conn, s3, "long", 300)
+        support.wait_for(
+            lambda: support.job(conn, long_job)["frames_done"] > 0, 10, "the long job to start"
+        )
+        for i in range(600):  # other daemons' work: this worker cannot claim it
+            conn.execute(
+                "INSERT INTO argus.embedding_jobs (video_id, model) VALUES (%s, 'other/model')",
+                (f"other-{i}",),
+            )
+        support.wait_for(lambda: notify_queue_usage(conn) == 0, 5, "the NOTIFY queue to drain")
+        assert support.job(conn, long_job)["status"] == "running"  # still busy
+
+
+def listening(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
+    ).fetchone()
+    return bool(row and row["n"])
