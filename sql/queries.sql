@@ -133,7 +133,7 @@ RETURNING j.id, j.video_id, j.model, j.status, j.priority, j.attempts, j.max_att
           (now() - j.run_at) AS queue_wait;
 
 -- name: commit_lazily
--- Bookkeeping transactions (claim, listing, lease renewal) commit without waiting
+-- Bookkeeping transactions (claim, lease renewal) commit without waiting
 -- for their WAL flush: see queue._commit_lazily for why losing one is harmless.
 SET LOCAL synchronous_commit = off;
 

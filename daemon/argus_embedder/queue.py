@@ -103,13 +103,15 @@ class Queue:
     ) -> dict[int, list[Frame]]:
         """Each held job's frames still without a row for its model, in one statement.
 
-        A job whose lease is gone is absent from the result.
+        A job whose lease is gone is absent from the result. The listing writes the
+        job's progress counts, which the worker's later writes add to, and it is never
+        redone: so it commits durably, and its WAL flush makes the claim before it
+        durable too.
         """
         missing: dict[int, list[Frame]] = {}
         for model in {job.model for job in jobs}:
             of_model = [job for job in jobs if job.model == model]
             with connection.transaction():
-                _commit_lazily(connection)
                 cursor = connection.execute(
                     db.queries()["list_missing_frames"],
                     {
@@ -219,10 +221,11 @@ def fences(jobs: Sequence[Job]) -> dict[str, list[Any]]:
 def _commit_lazily(connection: psycopg.Connection[Any]) -> None:
     """This transaction's commit need not wait for its WAL flush.
 
-    Only for bookkeeping whose loss in a server crash is harmless: a claim that never
-    happened puts the job back to queued, and the claimer's fenced writes then find their
-    lease gone; a lost listing or renewal is redone. Writes of vectors and completions
-    stay durable.
+    Only for bookkeeping whose loss in a server crash is harmless. A lost claim puts the
+    job back to queued; the claimer learns it at once, since its listing (committed
+    durably, right after the claim, and flushing the WAL up to it) then finds the lease
+    gone, or fails on the crashed server before any frame is streamed. A lost renewal is
+    redone by the next one. Listings, writes of vectors and completions stay durable.
     """
     connection.execute(db.queries()["commit_lazily"])
 

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import psycopg
 import pytest
 
-from argus_embedder import index, queue, store, worker
+from argus_embedder import db, index, queue, store, worker
 from tests import support
 from tests.conftest import S3Endpoint
 
@@ -332,3 +332,38 @@ def listening(conn: psycopg.Connection[Any]) -> bool:
         "WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
     ).fetchone()
     return bool(row and row["n"])
+
+
+# --- bug 9: the listing commits durably -----------------------------------------------
+
+
+class RecordingConnection:
+    """Delegates to a connection; records `SHOW synchronous_commit` as each statement
+    that touches job progress ran, i.e. the setting its transaction commits under."""
+
+    def __init__(self, inner: psycopg.Connection[Any]) -> None:
+        self.inner = inner
+        self.commit_modes: list[str] = []
+
+    def execute(self, query: Any, params: Any = None) -> Any:
+        cursor = self.inner.execute(query, params)
+        if query == db.queries()["list_missing_frames"]:
+            mode = self.inner.execute("SHOW synchronous_commit").fetchone()
+            assert mode is not None
+            self.commit_modes.append(mode["synchronous_commit"])
+        return cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_regression_bug9_the_listing_commits_durably(conn: psycopg.Connection[Any]) -> None:
+    """Regression (issue 16 bug 9): the listing writes the job's progress counts; a
+    lazy commit could lose them in a server crash while the claim survives."""
+    support.add_video(conn, "v", ["a.jpg", "b.jpg"])
+    taker = queue.Queue(model=MODEL, worker_id="w", lease_seconds=60)
+    jobs = taker.claim(conn)
+    recording = RecordingConnection(conn)
+    listed = taker.missing_frames(recording, jobs)  # type: ignore[arg-type]
+    assert len(listed[jobs[0].id]) == 2
+    assert recording.commit_modes == ["on"]
