@@ -60,6 +60,7 @@ def run(config: Settings, *, burst: bool = False) -> int:
                     model,
                     shutdown=stop,
                     on_beat=state.beat,
+                    on_failure=state.set_failed,
                     decode_processes=preparing.processes(config.decode_processes),
                 ) as loop,
                 periodic.running(url, [index.task(config.model)], stop=stop),

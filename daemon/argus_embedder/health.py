@@ -49,6 +49,7 @@ class HealthState:
         self._last_beat: float | None = None
         self._model_warm = False
         self._draining = False
+        self._failure: str | None = None
         self._db_check: Callable[[], None] | None = None
         self._db_result: tuple[float, str | None] | None = None  # (checked at, error or None)
         self._details: dict[str, str] = {}
@@ -69,6 +70,12 @@ class HealthState:
         with self._lock:
             self._draining = True
         metrics.READY.set(0)
+
+    def set_failed(self, reason: str) -> None:
+        """A thread the loop cannot work without died (the lease keeper): not live from
+        now on, so the watchdog or an orchestrator restarts the process."""
+        with self._lock:
+            self._failure = reason
 
     def set_db_check(self, check: Callable[[], None]) -> None:
         """Install the database probe: a callable that raises when the database is unreachable.
@@ -97,7 +104,9 @@ class HealthState:
         live: a start that hangs is systemd's TimeoutStartSec's business.
         """
         with self._lock:
-            last = self._last_beat
+            last, failure = self._last_beat, self._failure
+        if failure is not None:
+            return False, failure
         if last is None:
             return True, "starting: the loop has not run yet"
         age = self._clock() - last

@@ -100,6 +100,7 @@ class Worker:
         storage: Storage | None = None,
         shutdown: threading.Event | None = None,
         on_beat: Callable[[], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
         threads: int | None = None,
         decode_processes: int = 0,
     ) -> None:
@@ -112,6 +113,9 @@ class Worker:
             model=embedder.model, worker_id=settings.worker_id, lease_seconds=settings.lease_seconds
         )
         self._on_beat = on_beat
+        self._on_failure = on_failure  # a thread the loop needs died: the process is unwell
+        self._keeper: threading.Thread | None = None
+        self._keeper_reported = False
         self._threads = threads or default_threads()
         self._decode_processes = decode_processes
         self._active: dict[store.Claim, _Active] = {}  # by claim: an id can be claimed twice
@@ -221,6 +225,7 @@ class Worker:
         return True
 
     def beat(self) -> None:
+        self._lease_keeper_alive()  # reports a dead keeper even while the loop idles
         if self._on_beat is not None:
             self._on_beat()
 
@@ -255,7 +260,7 @@ class Worker:
 
     def _claim_into(self, stream: collections.deque[_Item], limit: int = 1) -> bool:
         """Claim up to `limit` jobs and append their missing frames; False when none was."""
-        if self.shutdown.is_set():
+        if self.shutdown.is_set() or not self._lease_keeper_alive():
             return False
         with self.pool.connection() as connection:
             jobs = self.queue.claim(connection, limit=limit)
@@ -566,28 +571,49 @@ class Worker:
             target=self._renew_leases, args=(stop,), name="argus-heartbeat", daemon=True
         )
         thread.start()
+        self._keeper = thread
         try:
             yield
         finally:
+            self._keeper = None  # stopped on purpose from here on
             stop.set()
             thread.join(timeout=5)
 
     def _renew_leases(self, stop: threading.Event) -> None:
         while not stop.wait(self.settings.heartbeat_interval):
-            with self._active_lock:
-                actives = [active for active in self._active.values() if not active.finished]
-            if not actives:
-                continue
             try:
-                with self.pool.connection(timeout=self.settings.heartbeat_interval) as connection:
-                    held = self.queue.renew(connection, [active.job for active in actives])
+                self._renew_round()
             except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
                 log.warning("lease renewal failed: %s", _line(error))
-                continue
-            for active in actives:
-                if active.job.id not in held:
-                    log.warning("job %s: lease lost (cancelled or reclaimed)", active.job.id)
-                    active.lost.set()
+            except Exception:
+                # Ending the keeper would let every held lease lapse: log, try next round.
+                log.exception("lease renewal failed")
+
+    def _renew_round(self) -> None:
+        with self._active_lock:
+            actives = [active for active in self._active.values() if not active.finished]
+        if not actives:
+            return
+        with self.pool.connection(timeout=self.settings.heartbeat_interval) as connection:
+            held = self.queue.renew(connection, [active.job for active in actives])
+        for active in actives:
+            if active.job.id not in held:
+                log.warning("job %s: lease lost (cancelled or reclaimed)", active.job.id)
+                active.lost.set()
+
+    def _lease_keeper_alive(self) -> bool:
+        """False once the keeper thread has ended while the worker runs: then no job is
+        claimed (its lease would lapse mid-stream) and `on_failure` is told, once."""
+        keeper = self._keeper
+        if keeper is None or keeper.is_alive():
+            return True
+        if not self._keeper_reported:
+            self._keeper_reported = True
+            reason = "the lease keeper thread stopped: no more jobs are claimed"
+            log.error(reason)
+            if self._on_failure is not None:
+                self._on_failure(reason)
+        return False
 
     def _wait_for_work(self) -> None:
         """Sleep until a NOTIFY, the poll interval, or shutdown, whichever comes first."""

@@ -1,4 +1,4 @@
-"""Regressions of issue 16 on the worker's write path, claims and wake-ups.
+"""Regressions of issue 16 on the worker's write path, claims, wake-ups and lease keeper.
 
 Each test drives a real Worker over a real database and S3 endpoint with a stand-in
 embedder (a deterministic unit vector per image, with hooks), so it runs in seconds
@@ -19,7 +19,7 @@ import numpy.typing as npt
 import psycopg
 import pytest
 
-from argus_embedder import db, index, queue, store, worker
+from argus_embedder import db, health, index, queue, store, worker
 from tests import support
 from tests.conftest import S3Endpoint
 
@@ -75,6 +75,7 @@ def make_worker(
     embedder: StandIn,
     *,
     shutdown: threading.Event | None = None,
+    on_failure: Callable[[str], None] | None = None,
     **extra: Any,
 ) -> worker.Worker:
     config = support.worker_settings(
@@ -85,6 +86,7 @@ def make_worker(
         conn.info.dsn,
         embedder,  # type: ignore[arg-type]
         shutdown=shutdown,
+        on_failure=on_failure,
         threads=4,
     )
 
@@ -367,3 +369,65 @@ def test_regression_bug9_the_listing_commits_durably(conn: psycopg.Connection[An
     listed = taker.missing_frames(recording, jobs)  # type: ignore[arg-type]
     assert len(listed[jobs[0].id]) == 2
     assert recording.commit_modes == ["on"]
+
+
+# --- bug 12: the lease keeper survives a failed round ---------------------------------
+
+
+def lease_expires_at(conn: psycopg.Connection[Any], job_id: int) -> Any:
+    return support.job(conn, job_id)["lease_expires_at"]
+
+
+def test_regression_bug12_the_lease_keeper_survives_an_unexpected_error(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (issue 16 bug 12): an exception in one renewal round must not end the
+    lease keeper: later rounds still extend the job's lease."""
+    job_id = add_video(conn, s3, "slow", 2)
+    real_renew = queue.Queue.renew
+    rounds: list[str] = []
+
+    def renew_failing_once(self: queue.Queue, connection: Any, jobs: Any) -> set[int]:
+        if not rounds:
+            rounds.append("failed")
+            raise RuntimeError("a bug in one renewal round")
+        rounds.append("renewed")
+        return real_renew(self, connection, jobs)
+
+    monkeypatch.setattr(queue.Queue, "renew", renew_failing_once)
+    leases: list[Any] = []
+
+    def slow_batch(batch: int) -> None:
+        # No write meanwhile: only the keeper can extend the lease.
+        leases.append(lease_expires_at(conn, job_id))
+        deadline = time.monotonic() + 5
+        while rounds.count("renewed") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        leases.append(lease_expires_at(conn, job_id))
+
+    embedder = StandIn()
+    embedder.on_embed = slow_batch
+    with make_worker(conn, s3, embedder, lease_seconds=1.5) as loop:
+        loop.run(burst=True)
+    assert rounds[:3] == ["failed", "renewed", "renewed"], rounds
+    assert leases[1] > leases[0]
+    assert support.job(conn, job_id)["status"] == "succeeded"
+
+
+def test_regression_bug12_a_dead_lease_keeper_stops_claiming_and_fails_liveness(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (issue 16 bug 12): if the keeper thread ends anyway, the worker claims
+    nothing more (its leases would lapse) and says so, and /livez goes red."""
+    job_id = add_video(conn, s3, "v", 2)
+    monkeypatch.setattr(worker.Worker, "_renew_leases", lambda self, stop: None)
+    state = health.HealthState(heartbeat_timeout=60)
+    with make_worker(conn, s3, StandIn(), on_failure=state.set_failed) as loop:
+        keeper = loop._keeper
+        assert keeper is not None
+        keeper.join(timeout=5)
+        loop.run(burst=True)
+    job = support.job(conn, job_id)
+    assert (job["status"], job["attempts"]) == ("queued", 0)
+    live, reason = state.live()
+    assert not live and "lease keeper" in reason
