@@ -311,7 +311,7 @@ def test_regression_bug4_a_busy_worker_does_not_pin_the_notify_queue(
     """Regression (issue 16 bug 4): while the loop streams a long job, its LISTEN
     connection must not hold back PostgreSQL's notification queue."""
     embedder = StandIn(batch_size=2)
-    embedder.on_embed = lambda batch: time.sleep(0.1)
+    embedder.on_embed = lambda batch: time.sleep(0.2)  # 300 frames: 30 s busy
     stop = threading.Event()
     with make_worker(conn, s3, embedder, shutdown=stop) as loop, running_in_thread(loop, stop):
         support.wait_for(lambda: listening(conn), 10, "the idle worker to LISTEN")
