@@ -24,7 +24,8 @@ import psycopg
 import psycopg.conninfo
 import pytest
 
-from argus_embedder import db, tinymodel
+from argus_embedder import db
+from argus_embedder.testing import tinymodel
 
 
 @pytest.fixture(scope="session")

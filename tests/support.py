@@ -8,7 +8,8 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import frames, queue, settings
+from argus_embedder import settings
+from argus_embedder.gateways import frames, queue
 
 
 def add_video(

@@ -166,7 +166,7 @@ def cmd_migrate(args: argparse.Namespace, config: Settings) -> int:
     print(f"schema at version {db.latest_version()} ({len(applied)} migration(s) applied)")
     model_given = args.model is not None or "ARGUS_MODEL" in os.environ
     if args.index is not None or model_given:
-        from argus_embedder import embedder
+        from argus_embedder.pipeline import embedder
 
         dimension = embedder.model_dimension(config.model)
         with db.connect(url, autocommit=True) as connection:
@@ -179,7 +179,7 @@ def _register_model(
     connection: psycopg.Connection[Any], model: str, dimension: int, kind: str | None
 ) -> str | None:
     """Register the model with index `kind` and build the index of its sealed segments."""
-    from argus_embedder import index
+    from argus_embedder.gateways import index
 
     registered = index.register(connection, model, dimension, kind)
     built = index.build_sealed(connection, model)
@@ -189,13 +189,13 @@ def _register_model(
 
 
 def cmd_run(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import daemon
+    from argus_embedder.runtime import daemon
 
     return daemon.run(config, burst=args.burst)
 
 
 def cmd_enqueue(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import queue
+    from argus_embedder.gateways import queue
 
     with _connect(config) as connection:
         if not queue.video_exists(connection, args.video_id):
@@ -214,7 +214,8 @@ def cmd_enqueue(args: argparse.Namespace, config: Settings) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import frames, progress, queue
+    from argus_embedder.commands import progress
+    from argus_embedder.gateways import frames, queue
 
     files = frames.image_files(args.paths)
     with _connect(config) as connection:
@@ -242,7 +243,7 @@ def cmd_ingest(args: argparse.Namespace, config: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import status
+    from argus_embedder.commands import status
 
     if args.watch:
         if not args.interval > 0:
@@ -267,7 +268,7 @@ def cmd_status(args: argparse.Namespace, config: Settings) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import backfill
+    from argus_embedder.commands import backfill
 
     if args.model is None:
         raise errors.UserInputError("backfill needs --model M, the model to fill in")
@@ -289,7 +290,7 @@ def cmd_backfill(args: argparse.Namespace, config: Settings) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import prune
+    from argus_embedder.commands import prune
 
     if args.model is None:
         raise errors.UserInputError("prune needs --model OLD, the model to remove")
@@ -310,7 +311,8 @@ def _configured_model() -> str:
 
 
 def cmd_search(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import embedder, search
+    from argus_embedder.commands import search
+    from argus_embedder.pipeline import embedder
 
     if (args.text is None) == (args.image is None):
         raise errors.UserInputError("give either a search text or --image PATH")
@@ -357,7 +359,7 @@ def cmd_search(args: argparse.Namespace, config: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import queue
+    from argus_embedder.gateways import queue
 
     with _connect(config) as connection:
         if queue.cancel(connection, args.job_id):
@@ -368,7 +370,7 @@ def cmd_cancel(args: argparse.Namespace, config: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import queue
+    from argus_embedder.gateways import queue
 
     with _connect(config) as connection:
         try:
@@ -386,7 +388,7 @@ def cmd_retry(args: argparse.Namespace, config: Settings) -> int:
 
 def _check_searchable(connection: psycopg.Connection[Any], model: str) -> None:
     """Before loading a model for the query: is it registered here at all?"""
-    from argus_embedder import index
+    from argus_embedder.gateways import index
 
     if index.info(connection, model) is None:
         known = [row["model"] for row in connection.execute(db.queries()["models"])]
@@ -403,15 +405,15 @@ def _cannot(job_id: int, status: str | None, action: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import demo
+    from argus_embedder.commands import demo
 
     return demo.run(config)
 
 
 def cmd_bench(args: argparse.Namespace, config: Settings) -> int:
-    from argus_embedder import bench
+    from argus_embedder.bench import suite
 
-    return bench.main(config, quick=args.quick, as_json=args.json)
+    return suite.main(config, quick=args.quick, as_json=args.json)
 
 
 # --- helpers --------------------------------------------------------------------

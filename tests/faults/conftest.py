@@ -14,7 +14,9 @@ import psycopg
 import pytest
 from PIL import Image
 
-from argus_embedder import embedder, index, settings, worker
+from argus_embedder import settings
+from argus_embedder.gateways import index
+from argus_embedder.pipeline import embedder, worker
 from tests import support
 from tests.conftest import S3Endpoint
 from tests.faults import harness, invariants

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from argus_embedder import cli, embedder, preparing, recipe
+from argus_embedder import cli
+from argus_embedder.pipeline import embedder, preparing, recipe
 
 POISON = b"POISON"
 MARK = 7  # every pixel of a poison frame, in `model` mode

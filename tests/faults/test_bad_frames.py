@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from PIL import Image
 
-from argus_embedder import errors, images
+from argus_embedder import errors
+from argus_embedder.pipeline import images
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 from tests.faults import harness, invariants

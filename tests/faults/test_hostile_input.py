@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from argus_embedder import cli, embedder, errors
+from argus_embedder import cli, errors
+from argus_embedder.pipeline import embedder
 from tests import support
 from tests.conftest import S3Endpoint
 from tests.faults import invariants

@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from argus_embedder import db, embedder, settings, worker
+from argus_embedder import db, settings
+from argus_embedder.pipeline import embedder, worker
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 from tests.faults import harness, invariants

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import queue
+from argus_embedder.gateways import queue
 from tests import support
 from tests.conftest import S3Endpoint
 from tests.faults import harness, invariants

@@ -17,7 +17,8 @@ import psycopg
 import psycopg.conninfo
 import pytest
 
-from argus_embedder import db, index
+from argus_embedder import db
+from argus_embedder.gateways import index
 from tests.conftest import S3Endpoint
 from tests.faults import harness, invariants
 from tests.faults.conftest import add_videos, all_final

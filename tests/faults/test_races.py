@@ -12,7 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from argus_embedder import cli, db, queue
+from argus_embedder import cli, db
+from argus_embedder.gateways import queue
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 from tests.faults import harness, invariants

@@ -9,7 +9,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from argus_embedder import backfill, cli, errors, index, queue
+from argus_embedder import cli, errors
+from argus_embedder.commands import backfill
+from argus_embedder.gateways import index, queue
 from tests import support
 from tests.conftest import textured_jpeg
 

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from argus_embedder import bench
+from argus_embedder.bench import suite
 from tests.conftest import PostgresServer
 
 DESIGN_KEYS = {
@@ -54,7 +54,7 @@ def test_quick_bench_reports_every_design_figure(postgres_server: PostgresServer
     report = json.loads(completed.stdout)
 
     figures = report["figures"]
-    assert set(figures) == DESIGN_KEYS == set(bench.GOALS)
+    assert set(figures) == DESIGN_KEYS == set(suite.GOALS)
     for key, value in figures.items():
         if value is None:
             assert key == "claims_over_peer", f"{key} is null"

@@ -11,7 +11,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from argus_embedder import index, queue, search, store
+from argus_embedder.commands import search
+from argus_embedder.gateways import index, queue, store
 from tests import support
 
 MODEL = "test/clustered"

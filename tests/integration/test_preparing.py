@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from argus_embedder import embedder, errors, preparing, recipe, settings, storage
+from argus_embedder import errors, settings
+from argus_embedder.pipeline import embedder, preparing, recipe, storage
 from tests.conftest import S3Endpoint, textured_jpeg
 
 POISON = b"POISON"

@@ -10,7 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from argus_embedder import db, index, queue, store
+from argus_embedder import db
+from argus_embedder.gateways import index, queue, store
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 
@@ -398,7 +399,7 @@ def test_burst_run_leaves_no_work_behind_an_exhausted_expired_job_regression_bug
 ) -> None:
     """Regression (issue 16 bug 8): `run --burst` ran until an empty claim, and its first
     claim (limit 1) only moved an exhausted expired job to failed: it exited at once."""
-    from argus_embedder import embedder, worker
+    from argus_embedder.pipeline import embedder, worker
 
     model = embedder.load_embedder(str(tiny_siglip_dir), "cpu", batch_size=8)
     support.add_video(conn, "crashed", [s3.put("crashed/0.jpg", textured_jpeg(1))])

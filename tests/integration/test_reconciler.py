@@ -17,19 +17,12 @@ import psycopg.conninfo
 import psycopg.sql
 import pytest
 
-from argus_embedder import (
-    db,
-    embedder,
-    index,
-    metrics,
-    periodic,
-    queue,
-    reconciler,
-    settings,
-    status,
-    worker,
-    workers,
-)
+from argus_embedder import db, settings
+from argus_embedder.commands import status
+from argus_embedder.gateways import index, queue, workers
+from argus_embedder.pipeline import embedder, worker
+from argus_embedder.runtime import metrics
+from argus_embedder.services import periodic, reconciler
 from tests import support
 from tests.acceptance.conftest import Daemon, free_port
 from tests.conftest import S3Endpoint, textured_jpeg

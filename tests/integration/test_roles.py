@@ -256,7 +256,8 @@ def test_regression_bug11_the_worker_registers_new_models_only(
     """Regression (issue 16 bug 11): argus_worker could call ensure_model_index, so drop a
     model's indexes or change its segment size (new segments then overlap the old ones
     and every write fails). It may now only register a model that is missing."""
-    from argus_embedder import errors, index
+    from argus_embedder import errors
+    from argus_embedder.gateways import index
 
     index.register(conn, "owned", 8, "ivfflat", segment_rows=500)
     url = login("argus_worker")

@@ -15,8 +15,12 @@ import numpy as np
 import psycopg
 import pytest
 
-from argus_embedder import cli, embedder, index, metrics, queue, settings, status, store, worker
-from argus_embedder import workers as registry
+from argus_embedder import cli, settings
+from argus_embedder.commands import status
+from argus_embedder.gateways import index, queue, store
+from argus_embedder.gateways import workers as registry
+from argus_embedder.pipeline import embedder, worker
+from argus_embedder.runtime import metrics
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from argus_embedder import embedder, settings, worker
+from argus_embedder import settings
+from argus_embedder.pipeline import embedder, worker
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 

@@ -19,7 +19,10 @@ import numpy.typing as npt
 import psycopg
 import pytest
 
-from argus_embedder import db, health, index, queue, store, worker
+from argus_embedder import db
+from argus_embedder.gateways import index, queue, store
+from argus_embedder.pipeline import worker
+from argus_embedder.runtime import health
 from tests import support
 from tests.conftest import S3Endpoint
 

@@ -28,7 +28,8 @@ import transformers
 from PIL import Image, ImageOps
 from transformers.image_transforms import convert_to_rgb
 
-from argus_embedder import embedder, errors, images
+from argus_embedder import errors
+from argus_embedder.pipeline import embedder, images
 
 MIN_COSINE = 0.9999
 
@@ -312,7 +313,7 @@ def test_auto_device_falls_back_to_cpu(
     tiny_siglip_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     embedder._warn_cpu_fallback.cache_clear()
-    with caplog.at_level("WARNING", logger="argus_embedder.embedder"):
+    with caplog.at_level("WARNING", logger="argus_embedder.pipeline.embedder"):
         first = embedder.load_embedder(str(tiny_siglip_dir))
         embedder.load_embedder(str(tiny_siglip_dir))
     assert first.device == "cpu"
@@ -328,7 +329,7 @@ def test_prepared_images_pickle(loaded: embedder.Embedder, samples: dict[str, by
 
 
 def test_images_module_does_not_import_torch() -> None:
-    code = "import sys, argus_embedder.images; assert 'torch' not in sys.modules"
+    code = "import sys, argus_embedder.pipeline.images; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env=_env_with_daemon_path())
 
 

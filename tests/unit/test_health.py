@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from argus_embedder import errors, health, metrics
+from argus_embedder import errors
+from argus_embedder.runtime import health, metrics
 
 
 class FakeClock:

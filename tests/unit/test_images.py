@@ -14,7 +14,8 @@ import pytest
 from PIL import Image, ImageOps
 from transformers.models.siglip2 import image_processing_pil_siglip2 as hf_siglip2
 
-from argus_embedder import errors, images
+from argus_embedder import errors
+from argus_embedder.pipeline import images
 from tests.unit.test_embedder import encode, textured
 
 BILINEAR = int(Image.Resampling.BILINEAR)

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from argus_embedder.ledger import Claim, Ledger, LedgerError, Outcome, Phase, claim_of
-from argus_embedder.queue import Job
+from argus_embedder.gateways.queue import Job
+from argus_embedder.pipeline.ledger import Claim, Ledger, LedgerError, Outcome, Phase, claim_of
 
 
 def make_job(job_id: int = 1, token: uuid.UUID | None = None) -> Job:

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from argus_embedder import metrics
+from argus_embedder.runtime import metrics
 
 # (module attribute, exposed name, type, label names): the contract of DESIGN §6.
 EXPECTED = [

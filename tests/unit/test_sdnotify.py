@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from argus_embedder import sdnotify
+from argus_embedder.runtime import sdnotify
 
 
 class FakeSystemd:

@@ -14,7 +14,8 @@ import pytest
 import torch
 import transformers
 
-from argus_embedder import embedder, errors
+from argus_embedder import errors
+from argus_embedder.pipeline import embedder
 
 MIN_COSINE = 0.9999
 QUERIES = [

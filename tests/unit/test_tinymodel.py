@@ -10,7 +10,8 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from argus_embedder import embedder, tinymodel
+from argus_embedder.pipeline import embedder
+from argus_embedder.testing import tinymodel
 
 
 @pytest.mark.parametrize("family", ["siglip", "siglip2"])

@@ -28,7 +28,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from argus_embedder import db, errors, lifecycle, metrics
+from argus_embedder import db, errors
+from argus_embedder.runtime import metrics
+from argus_embedder.services import lifecycle
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,10 @@ from typing import Any, TextIO
 
 import psycopg
 
-from argus_embedder import db, errors, metrics, periodic, queue, reconciler, workers
+from argus_embedder import db, errors
+from argus_embedder.gateways import queue, workers
+from argus_embedder.runtime import metrics
+from argus_embedder.services import periodic, reconciler
 from argus_embedder.settings import Settings
 
 FLEET_WINDOW_SECONDS = 300.0

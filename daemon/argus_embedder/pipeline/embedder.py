@@ -24,7 +24,7 @@ import transformers
 from PIL import Image
 
 from argus_embedder import errors
-from argus_embedder.recipe import Family, PreparedImage, Recipe
+from argus_embedder.pipeline.recipe import Family, PreparedImage, Recipe
 
 log = logging.getLogger(__name__)
 

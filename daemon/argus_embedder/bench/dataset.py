@@ -22,7 +22,8 @@ import psycopg
 import psycopg.conninfo
 from PIL import Image, ImageDraw
 
-from argus_embedder import db, errors, queue
+from argus_embedder import db, errors
+from argus_embedder.gateways import queue
 
 FRAME_SIZE = (1280, 720)  # (width, height): a 720p video frame
 JPEG_QUALITY = 90

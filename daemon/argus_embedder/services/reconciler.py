@@ -29,7 +29,9 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import db, metrics, periodic
+from argus_embedder import db
+from argus_embedder.runtime import metrics
+from argus_embedder.services import periodic
 from argus_embedder.settings import Settings
 
 log = logging.getLogger(__name__)

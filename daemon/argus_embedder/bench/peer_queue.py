@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 
 from argus_embedder import db
-from argus_embedder.queue import Queue
+from argus_embedder.gateways.queue import Queue
 
 MODEL = "argus-bench/claims"  # a model no other scenario uses, so only these jobs match
 ENTRYPOINT = "argus_bench_noop"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from argus_embedder import images
+from argus_embedder.pipeline import images
 
 Family = Literal["fixed", "naflex"]
 RECIPE_VERSION = "v1"  # bump when prepare() changes pixels for the same recipe

@@ -27,22 +27,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from argus_embedder import (
-    bench_cpu,
-    bench_data,
-    bench_naive,
-    bench_queue,
-    bench_vectors,
-    db,
-    embedder,
-    index,
-    periodic,
-    preparing,
-    tinymodel,
-    worker,
-)
+from argus_embedder import db
+from argus_embedder.bench import cpu_meter, dataset, first_draft, peer_queue, vector_writes
+from argus_embedder.gateways import index
+from argus_embedder.pipeline import embedder, preparing, worker
+from argus_embedder.pipeline.storage import Storage
+from argus_embedder.services import periodic
 from argus_embedder.settings import Settings, redact_url
-from argus_embedder.storage import Storage
+from argus_embedder.testing import tinymodel
 
 # DESIGN §7: the figures' keys, in the order of its table, and their goals.
 GOALS: dict[str, tuple[str, float]] = {
@@ -146,12 +138,12 @@ def run(config: Settings, plan: Plan) -> dict[str, Any]:
     progress = _Progress(sys.stderr)
     with contextlib.ExitStack() as stack:
         admin_url = _admin_url(config, progress)
-        url = stack.enter_context(bench_data.scratch_database(admin_url))
-        s3 = stack.enter_context(bench_data.s3_endpoint())
+        url = stack.enter_context(dataset.scratch_database(admin_url))
+        s3 = stack.enter_context(dataset.s3_endpoint())
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="argus-bench-")))
         with progress.step("frames", "drawing and uploading textured 1280x720 JPEGs"):
-            frames = bench_data.textured_frames(plan.distinct_frames)
-            uris = bench_data.upload(s3.url, frames)
+            frames = dataset.textured_frames(plan.distinct_frames)
+            uris = dataset.upload(s3.url, frames)
         bench = Bench(config, plan, World(url, s3, workdir, frames, uris), progress)
         bench.run_all()
     context = bench.context
@@ -160,7 +152,7 @@ def run(config: Settings, plan: Plan) -> dict[str, Any]:
         **bench.versions,
         "server": "ARGUS_DATABASE_URL" if config.database_url else "embedded",
         "url": redact_url(admin_url),
-        "scratch_database": bench_data.DATABASE,
+        "scratch_database": dataset.DATABASE,
     }
     context["durations_seconds"] = {**progress.durations, "total": time.perf_counter() - started}
     return {
@@ -175,7 +167,7 @@ class World:
     """What every scenario shares: the database, the S3 server, the frames in it."""
 
     url: str
-    s3: bench_data.S3Server
+    s3: dataset.S3Server
     workdir: Path
     frames: list[bytes]
     uris: list[str]
@@ -198,18 +190,18 @@ class Bench:
         self.context: dict[str, Any] = {
             "plan": plan.name,
             "frames": {
-                "size": list(bench_data.FRAME_SIZE),
-                "jpeg_quality": bench_data.JPEG_QUALITY,
+                "size": list(dataset.FRAME_SIZE),
+                "jpeg_quality": dataset.JPEG_QUALITY,
                 "distinct": len(self.frames),
                 "mean_bytes": round(sum(map(len, self.frames)) / len(self.frames)),
             },
             "s3": "moto ThreadedMotoServer over HTTP on loopback, in a child process",
             "measurements": self.measurements,
         }
-        self.versions = bench_data.server_versions(self.url)
+        self.versions = dataset.server_versions(self.url)
         with db.connect(self.url, autocommit=True) as connection:
-            postmaster = bench_cpu.postmaster_pid(connection)
-        self.meter = bench_cpu.Meter(world.s3.pid, postmaster)
+            postmaster = cpu_meter.postmaster_pid(connection)
+        self.meter = cpu_meter.Meter(world.s3.pid, postmaster)
         self._videos = 0
 
     def run_all(self) -> None:
@@ -230,7 +222,7 @@ class Bench:
     def vectors(self) -> None:
         """vector_writes_per_second and search_recall_at_10."""
         with self.progress.step("vectors", f"{self.plan.vectors:,} clustered 768-d vectors"):
-            result = bench_vectors.run(
+            result = vector_writes.run(
                 self.url, self.plan.vectors, other_kinds=self.plan.other_index_kinds
             )
         self.figures["vector_writes_per_second"] = result.writes_per_second
@@ -251,8 +243,8 @@ class Bench:
         order = ["argus", "pgqueuer"]
         order += list(reversed(order)) if plan.claim_rounds == 2 else []
         jobs = plan.claims // plan.claim_rounds
-        drains: dict[str, list[bench_queue.Drain]] = {"argus": [], "pgqueuer": []}
-        peer: bench_queue.Peer | None = None
+        drains: dict[str, list[peer_queue.Drain]] = {"argus": [], "pgqueuer": []}
+        peer: peer_queue.Peer | None = None
         for side in order:
             if side == "pgqueuer" and peer is not None and peer.drain is None:
                 continue  # unavailable: said once
@@ -260,19 +252,19 @@ class Bench:
                 f"claims {side}", f"{jobs:,} empty jobs, {plan.claim_workers} workers"
             ):
                 if side == "argus":
-                    drain = bench_queue.argus(self.url, jobs, plan.claim_workers)
+                    drain = peer_queue.argus(self.url, jobs, plan.claim_workers)
                     if drain.jobs != jobs:
-                        raise bench_data.BenchError(
+                        raise dataset.BenchError(
                             f"argus finished {drain.jobs} of {jobs} empty jobs"
                         )
                     drains[side].append(drain)
                 else:
-                    peer = bench_queue.pgqueuer(self.url, jobs, plan.claim_workers)
+                    peer = peer_queue.pgqueuer(self.url, jobs, plan.claim_workers)
                     if peer.drain is not None:
                         drains[side].append(peer.drain)
         assert peer is not None
-        ours = bench_queue.best(drains["argus"])
-        theirs = bench_queue.best(drains["pgqueuer"]) if drains["pgqueuer"] else None
+        ours = peer_queue.best(drains["argus"])
+        theirs = peer_queue.best(drains["pgqueuer"]) if drains["pgqueuer"] else None
         self.figures["claims_over_peer"] = None if theirs is None else ours / theirs
         self.context["peer"] = {
             "library": peer.library,
@@ -301,7 +293,7 @@ class Bench:
         with self.progress.step("warm-up", f"1 job x {tiny.batch_size} frames, not measured"):
             self._e2e(tiny, [tiny.batch_size])  # first connections, threads, code paths
         with embedder.quiet_transformers():
-            naive = bench_naive.NaiveLoop(
+            naive = first_draft.NaiveLoop(
                 Path(tiny.model), model=tiny.model, url=self.url, s3_endpoint=self.endpoint
             )
         runs: dict[str, Callable[[], _Measured]] = {
@@ -343,7 +335,7 @@ class Bench:
             # The most e2e_over_naive can be here: the worker cannot outrun downloading
             # and decoding alone on the same cores.
             "decode_ceiling_over_naive": ceiling / slow,
-            "naive_batch_size": bench_naive.BATCH_SIZE,
+            "naive_batch_size": first_draft.BATCH_SIZE,
             "frames": tally.frames,
             "runs_frames_per_second": tally.report(),
             "cpu_ms_per_frame": tally.cpu_ms_per_frame(),
@@ -460,7 +452,7 @@ class Bench:
         base.warm_up()
         batch = base.batch_size
         half = max(1, self.plan.base_batches // 2) * batch  # whole batches per run
-        prepared = [base.prepare(data) for data in bench_data.cycle(self.frames, half)]
+        prepared = [base.prepare(data) for data in dataset.cycle(self.frames, half)]
 
         def forward() -> _Measured:
             watch = _Stopwatch(self.meter)
@@ -507,7 +499,7 @@ class Bench:
             database_url=self.url,
             model=model.model,
             batch_size=model.batch_size,
-            s3_bucket=bench_data.BUCKET,
+            s3_bucket=dataset.BUCKET,
             s3_endpoint_url=self.endpoint,
             metrics_port=0,
             poll_interval=0.1,
@@ -522,20 +514,18 @@ class Bench:
         videos = {}
         for size in sizes:
             self._videos += 1
-            videos[f"bench-{self._videos:05d}"] = bench_data.cycle(
-                self.uris, size, start=self._videos
-            )
+            videos[f"bench-{self._videos:05d}"] = dataset.cycle(self.uris, size, start=self._videos)
         with db.connect(self.url, autocommit=True) as connection:
-            bench_data.add_videos(connection, videos, model=model, enqueue=enqueue)
+            dataset.add_videos(connection, videos, model=model, enqueue=enqueue)
         return videos
 
     def _enqueue(self, model: str, videos: dict[str, list[str]]) -> None:
         with db.connect(self.url, autocommit=True) as connection:
-            bench_data.add_jobs(connection, videos, model=model)
+            dataset.add_jobs(connection, videos, model=model)
 
     def _check(self, model: str, videos: dict[str, list[str]]) -> None:
         with db.connect(self.url, autocommit=True) as connection:
-            bench_data.check_outcome(
+            dataset.check_outcome(
                 connection, model, list(videos), sum(len(uris) for uris in videos.values())
             )
 
@@ -562,7 +552,7 @@ class Bench:
         """Download, decode and resize `frames` frames with the worker's own decode pool
         (processes, as the daemon runs it); no model, no DB."""
         storage = Storage(self._settings(model))
-        uris = bench_data.cycle(self.uris, frames, start=frames)
+        uris = dataset.cycle(self.uris, frames, start=frames)
         preparer = preparing.start(
             storage,
             model.recipe.prepare,
@@ -575,13 +565,13 @@ class Bench:
             watch = _Stopwatch(self.meter)
             for future in preparer.submit(uris):
                 if isinstance(future.result().output, Exception):
-                    raise bench_data.BenchError(f"decode ceiling: {future.result().output}")
+                    raise dataset.BenchError(f"decode ceiling: {future.result().output}")
             return watch.stop()
         finally:
             preparer.close()
 
     def _naive(
-        self, loop: bench_naive.NaiveLoop, model: embedder.Embedder, frames: int
+        self, loop: first_draft.NaiveLoop, model: embedder.Embedder, frames: int
     ) -> _Measured:
         """The first-draft loop over a new video of `frames` frames."""
         videos = self._add_jobs(model.model, [frames])
@@ -778,13 +768,13 @@ def _decode_pool(setting: int | None) -> str:
 @dataclasses.dataclass(frozen=True)
 class _Measured:
     seconds: float
-    cpu: bench_cpu.Sample
+    cpu: cpu_meter.Sample
 
 
 class _Stopwatch:
     """Wall time and CPU time (this process, S3, PostgreSQL) from creation to stop()."""
 
-    def __init__(self, meter: bench_cpu.Meter) -> None:
+    def __init__(self, meter: cpu_meter.Meter) -> None:
         self._meter = meter
         self._cpu = meter.sample()
         self._started = time.perf_counter()
@@ -850,7 +840,7 @@ def _per_frame(seconds: list[float | None], frames: int) -> float | None:
 class _PeakRss:
     """Samples RSS in the background; `peak` is the highest seen since `reset()`."""
 
-    def __init__(self, meter: bench_cpu.Meter, interval: float = 0.2) -> None:
+    def __init__(self, meter: cpu_meter.Meter, interval: float = 0.2) -> None:
         self.peak = 0
         self._meter = meter
         self._interval = interval

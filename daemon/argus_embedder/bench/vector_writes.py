@@ -22,8 +22,11 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from argus_embedder import bench_data, db, index, search, store
-from argus_embedder.queue import Job, Queue
+from argus_embedder import db
+from argus_embedder.bench import dataset
+from argus_embedder.commands import search
+from argus_embedder.gateways import index, store
+from argus_embedder.gateways.queue import Job, Queue
 
 MODEL = "argus-bench/vectors-768"
 DIMENSION = 768
@@ -158,12 +161,12 @@ def _sizes(connection: psycopg.Connection[Any]) -> tuple[int, int]:
 def _job_with_frames(connection: psycopg.Connection[Any], count: int) -> tuple[Job, list[int]]:
     """A running job (so writes are fenced, as the daemon's are) over `count` frame rows."""
     video_id = "vectors-768"
-    uri = f"s3://{bench_data.BUCKET}/unused.jpg"  # these frames are never downloaded
-    bench_data.add_videos(connection, {video_id: [uri] * count}, model=MODEL)
+    uri = f"s3://{dataset.BUCKET}/unused.jpg"  # these frames are never downloaded
+    dataset.add_videos(connection, {video_id: [uri] * count}, model=MODEL)
     # A long lease: the bulk index builds between the writes must not expire it.
     claimed = Queue(model=MODEL, worker_id="argus-bench", lease_seconds=3600).claim(connection)
     if len(claimed) != 1:
-        raise bench_data.BenchError(f"expected to claim the vectors job, got {len(claimed)}")
+        raise dataset.BenchError(f"expected to claim the vectors job, got {len(claimed)}")
     rows = connection.execute(db.queries()["bench_frame_ids"], {"video_id": video_id})
     return claimed[0], [int(row["id"]) for row in rows]
 
@@ -191,7 +194,7 @@ def _write(
             lease_seconds=3600,
         )
         if outcome.lost:
-            raise bench_data.BenchError("the vectors job lost its lease mid-write")
+            raise dataset.BenchError("the vectors job lost its lease mid-write")
     return time.perf_counter() - started
 
 

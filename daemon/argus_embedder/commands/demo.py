@@ -16,7 +16,9 @@ import psycopg
 import psycopg.conninfo
 from PIL import Image, ImageDraw, ImageFilter
 
-from argus_embedder import db, frames, progress, queue, search, status
+from argus_embedder import db
+from argus_embedder.commands import progress, search, status
+from argus_embedder.gateways import frames, queue
 from argus_embedder.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ def _demo_model(config: Settings, cache: Path) -> str:
     """The configured model if it is loadable here; else a tiny local one, said plainly."""
     if Path(config.model).is_dir() or _hub_reachable():
         return config.model
-    from argus_embedder import tinymodel
+    from argus_embedder.testing import tinymodel
 
     print(
         "demo: no access to the Hugging Face hub, so the demo uses a TINY RANDOM SigLIP "
@@ -108,7 +110,7 @@ def _hub_reachable() -> bool:
 
 
 def _embed(config: Settings, url: str, total: int) -> None:
-    from argus_embedder import embedder, worker
+    from argus_embedder.pipeline import embedder, worker
 
     model = embedder.load_embedder(config.model, config.device, config.batch_size)
     finished = threading.Event()
@@ -135,7 +137,7 @@ def _embed(config: Settings, url: str, total: int) -> None:
 
 
 def _search(config: Settings, connection: psycopg.Connection[object]) -> None:
-    from argus_embedder import embedder
+    from argus_embedder.pipeline import embedder
 
     text = embedder.load_text_encoder(config.model, config.device)
     hits = search.search(connection, config.model, text.embed_texts([QUERY])[0], limit=5)

@@ -24,7 +24,8 @@ import torch
 import transformers
 from PIL import Image
 
-from argus_embedder import db, embedder
+from argus_embedder import db
+from argus_embedder.pipeline import embedder
 
 BATCH_SIZE = 8
 

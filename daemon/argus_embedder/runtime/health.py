@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Protocol
 
-from argus_embedder import errors, metrics, settings
+from argus_embedder import errors, settings
+from argus_embedder.runtime import metrics
 
 log = logging.getLogger(__name__)
 

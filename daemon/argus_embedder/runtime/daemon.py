@@ -9,32 +9,23 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from argus_embedder import (
-    __version__,
-    db,
-    errors,
-    health,
-    index,
-    metrics,
-    periodic,
-    preparing,
-    reconciler,
-    sdnotify,
-    shutdown,
-    status,
-    workers,
-)
+from argus_embedder import __version__, db, errors
+from argus_embedder.commands import status
+from argus_embedder.gateways import index, workers
+from argus_embedder.pipeline import preparing
+from argus_embedder.runtime import health, metrics, sdnotify, shutdown
+from argus_embedder.services import periodic, reconciler
 from argus_embedder.settings import Settings
 
 if TYPE_CHECKING:
-    from argus_embedder.embedder import Embedder
+    from argus_embedder.pipeline.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
 
 def run(config: Settings, *, burst: bool = False) -> int:
     """Run the daemon until SIGTERM/SIGINT (or, with `burst`, until the queue is empty)."""
-    from argus_embedder import worker
+    from argus_embedder.pipeline import worker
 
     stop = threading.Event()
     # A loop silent for this long is hung: /livez fails and the systemd watchdog
@@ -85,7 +76,7 @@ def run(config: Settings, *, burst: bool = False) -> int:
 
 
 def _load_model(config: Settings, state: health.HealthState) -> Embedder:
-    from argus_embedder import embedder
+    from argus_embedder.pipeline import embedder
 
     sdnotify.status(f"loading model {config.model}")
     started = time.monotonic()

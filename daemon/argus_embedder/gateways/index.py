@@ -19,7 +19,8 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import db, errors, periodic
+from argus_embedder import db, errors
+from argus_embedder.services import periodic
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import db, errors, progress, reconciler
+from argus_embedder import db, errors
+from argus_embedder.commands import progress
+from argus_embedder.services import reconciler
 
 BATCH_VIDEOS = 500
 DEFAULT_PRIORITY = -10  # below fresh uploads (priority 0): a backfill never starves them

@@ -46,7 +46,7 @@ def build(directory: Path, family: Family = "siglip", *, seed: int = 0) -> Path:
     NaFlex (`Siglip2Model`, aspect-preserving patch grids). The same seed gives the same
     weights, byte for byte.
     """
-    from argus_embedder.embedder import quiet_transformers
+    from argus_embedder.pipeline.embedder import quiet_transformers
 
     with quiet_transformers():
         return _build(directory, family, seed)

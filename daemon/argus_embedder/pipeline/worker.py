@@ -28,11 +28,14 @@ import numpy.typing as npt
 import psycopg
 import psycopg_pool
 
-from argus_embedder import db, errors, index, metrics, preparing, store
-from argus_embedder.queue import Frame, Job, Queue
-from argus_embedder.recipe import Recipe
+from argus_embedder import db, errors
+from argus_embedder.gateways import index, store
+from argus_embedder.gateways.queue import Frame, Job, Queue
+from argus_embedder.pipeline import preparing
+from argus_embedder.pipeline.recipe import Recipe
+from argus_embedder.pipeline.storage import Storage
+from argus_embedder.runtime import metrics
 from argus_embedder.settings import Settings
-from argus_embedder.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ _DOWNLOAD, _DECODE, _INFER, _WRITE = (
 
 
 class EmbedderLike(Protocol):
-    """What the worker needs from argus_embedder.embedder.Embedder."""
+    """What the worker needs from argus_embedder.pipeline.embedder.Embedder."""
 
     model: str
     dimension: int

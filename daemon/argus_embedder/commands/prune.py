@@ -17,7 +17,8 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import db, errors, workers
+from argus_embedder import db, errors
+from argus_embedder.gateways import workers
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from argus_embedder import db, queue
-from argus_embedder.queue import Job
+from argus_embedder import db
+from argus_embedder.gateways import queue
+from argus_embedder.gateways.queue import Job
 
 log = logging.getLogger(__name__)
 

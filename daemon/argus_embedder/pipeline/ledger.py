@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from argus_embedder.queue import Job
+from argus_embedder.gateways.queue import Job
 
 
 class Claim(NamedTuple):

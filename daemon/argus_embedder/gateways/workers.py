@@ -14,7 +14,8 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import db, periodic
+from argus_embedder import db
+from argus_embedder.services import periodic
 
 HEARTBEAT_SECONDS = 30.0
 SHOWN_SECONDS = 5 * HEARTBEAT_SECONDS  # status lists daemons seen this recently

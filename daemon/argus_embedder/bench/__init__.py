@@ -1,0 +1,1 @@
+"""`argus-embedder bench` (DESIGN §7): nothing in the daemon imports this package."""

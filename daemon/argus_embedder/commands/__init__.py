@@ -1,0 +1,1 @@
+"""One module per CLI command; `cli` only parses and dispatches."""

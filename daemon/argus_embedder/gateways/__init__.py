@@ -1,0 +1,1 @@
+"""One gateway per table: every statement on it, typed rows, its SQL in sql/."""

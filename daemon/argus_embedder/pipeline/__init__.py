@@ -1,0 +1,1 @@
+"""The hot path: the job ledger, the stream, fetch/decode, inference, the writer."""

@@ -1,0 +1,1 @@
+"""The daemon process: start-up, health, metrics, systemd notifications, signals."""

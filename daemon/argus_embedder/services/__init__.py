@@ -1,0 +1,1 @@
+"""Background work beside the loop: the lifecycle helper and the periodic tasks."""

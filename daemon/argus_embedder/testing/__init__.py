@@ -1,0 +1,1 @@
+"""Tiny local models for tests, CI and the offline demo: not part of the daemon."""
