@@ -155,8 +155,8 @@ class ProcessPreparer:
         for start in range(0, len(uris), CHUNK_FRAMES):
             chunk = list(uris[start : start + CHUNK_FRAMES])
             waiting = [_running_future() for _ in chunk]
-            task = self._submit_chunk(chunk)
-            task.add_done_callback(functools.partial(self._deliver, chunk, waiting))
+            pool, task = self._submit_chunk(chunk)
+            task.add_done_callback(functools.partial(self._deliver, pool, chunk, waiting))
             futures.extend(waiting)
         return futures
 
@@ -177,23 +177,29 @@ class ProcessPreparer:
         tasks = [self._pool.submit(_ready) for _ in range(processes)]
         concurrent.futures.wait(tasks)
 
-    def _submit_chunk(self, chunk: list[str]) -> concurrent.futures.Future[list[Prepared]]:
+    def _submit_chunk(
+        self, chunk: list[str]
+    ) -> tuple[concurrent.futures.ProcessPoolExecutor, concurrent.futures.Future[list[Prepared]]]:
         with self._lock:
             try:
-                return self._pool.submit(_prepare_chunk, chunk)
+                return self._pool, self._pool.submit(_prepare_chunk, chunk)
             except BrokenProcessPool:
+                _kill_processes(self._pool)
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._new_pool(self._processes)
-                return self._pool.submit(_prepare_chunk, chunk)
+                return self._pool, self._pool.submit(_prepare_chunk, chunk)
 
     def _deliver(
         self,
+        pool: concurrent.futures.ProcessPoolExecutor,
         chunk: list[str],
         waiting: list[concurrent.futures.Future[Prepared]],
         task: concurrent.futures.Future[list[Prepared]],
     ) -> None:
         error = task.exception()
         if isinstance(error, BrokenProcessPool):
+            # Runs on the broken pool's manager thread, before it stops the survivors.
+            _kill_processes(pool)
             self._recovery.submit(self._isolate, chunk, waiting)
             return
         results = task.result() if error is None else [Prepared(error)] * len(chunk)
@@ -218,6 +224,7 @@ class ProcessPreparer:
         try:
             return self._isolator.submit(_prepare_chunk, [uri]).result()[0]
         except BrokenProcessPool:
+            _kill_processes(self._isolator)
             self._isolator.shutdown(wait=False, cancel_futures=True)
             self._isolator = None
             self.poisoned += 1
@@ -228,6 +235,23 @@ class ProcessPreparer:
                     "decoder, or out of memory)"
                 )
             )
+
+
+def _kill_processes(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """SIGKILL a broken pool's surviving processes.
+
+    The executor stops them with SIGTERM, which decode processes ignore (a stop is the
+    daemon's call); one blocked writing its result into the dead pool's pipe then
+    never exits, and the pool's manager thread, which the interpreter joins at exit,
+    waits for it forever: the daemon hangs after "stopped". The executor keeps its
+    processes in a private mapping; without it there is nothing to kill.
+    """
+    processes: dict[int, multiprocessing.process.BaseProcess] = (
+        getattr(pool, "_processes", None) or {}
+    )
+    for process in list(processes.values()):
+        with contextlib.suppress(Exception):
+            process.kill()
 
 
 def _settle(future: concurrent.futures.Future[Prepared], result: Prepared) -> None:
