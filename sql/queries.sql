@@ -195,7 +195,7 @@ FROM STDIN (FORMAT BINARY);
 UPDATE argus.embedding_jobs
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s), updated_at = now()
 WHERE id = ANY(%(job_ids)s) AND lease_token = ANY(%(lease_tokens)s) AND status = 'running'
-RETURNING id;
+RETURNING id, lease_token;
 
 -- name: complete_job
 UPDATE argus.embedding_jobs

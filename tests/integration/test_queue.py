@@ -97,7 +97,7 @@ def test_stale_token_writes_nothing(conn: psycopg.Connection[Any]) -> None:
         preprocessing="p",
         lease_seconds=60,
     )
-    assert lost.lost == {store.claim_of(stale)}
+    assert lost.lost == {stale.claim}
     assert conn.execute("SELECT count(*) AS n FROM argus.frame_embeddings").fetchone()["n"] == 0
     assert make_queue("old").complete(conn, stale) is None
     assert make_queue("old").fail(conn, stale, "boom") is None
@@ -238,7 +238,7 @@ def test_heartbeat_renewal_reports_lost_leases(conn: psycopg.Connection[Any]) ->
     ]
     time.sleep(0.05)
     queue.cancel(conn, jobs[1].id)
-    assert q.renew(conn, jobs) == {jobs[0].id}
+    assert q.renew(conn, jobs) == {jobs[0].claim}
     after = support.job(conn, jobs[0].id)["lease_expires_at"]
     assert after > before
 

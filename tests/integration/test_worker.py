@@ -265,3 +265,28 @@ def test_a_model_crash_fails_only_the_poison_job(
     assert bad["status"] == "queued" and bad["attempts"] == 1  # retried later, with backoff
     assert "the model crashed" in bad["last_error"]
     assert support.embeddings(conn, "bad") == []
+
+
+def test_run_once_steps_exactly_one_batch(
+    conn: psycopg.Connection[Any], s3: S3Endpoint, tiny_embedder: embedder.Embedder
+) -> None:
+    """STYLE habit 10: each run_once embeds one batch and starts its write; the next
+    call lands that write; False only once nothing is left, everything settled."""
+    uris = [s3.put(f"steps/{i}.jpg", textured_jpeg(300 + i)) for i in range(20)]
+    job_id = support.add_video(conn, "steps", uris)
+    wrapped = _Wrapped(tiny_embedder)
+    config = make_settings(conn.info.dsn, s3, tiny_embedder.model)  # batch 8
+    with worker.Worker(config, conn.info.dsn, wrapped) as loop:  # type: ignore[arg-type]
+        assert loop.run_once()
+        assert wrapped.batches == [8]
+        assert loop.run_once()
+        assert wrapped.batches == [8, 8]
+        assert len(support.embeddings(conn, "steps")) == 8  # the first write has landed
+        assert loop.run_once()
+        assert wrapped.batches == [8, 8, 4]
+        assert loop.run_once()  # no frame left: the last write settles the job
+        assert wrapped.batches == [8, 8, 4]
+        assert not loop.run_once()
+    job = support.job(conn, job_id)  # type: ignore[arg-type]
+    assert (job["status"], job["frames_done"]) == ("succeeded", 20)
+    assert len(support.embeddings(conn, "steps")) == 20

@@ -21,7 +21,7 @@ import pytest
 
 from argus_embedder import db
 from argus_embedder.gateways import index, queue, store
-from argus_embedder.pipeline import worker
+from argus_embedder.pipeline import inference, worker
 from argus_embedder.runtime import health
 from tests import support
 from tests.conftest import S3Endpoint
@@ -78,7 +78,6 @@ def make_worker(
     embedder: StandIn,
     *,
     shutdown: threading.Event | None = None,
-    on_failure: Callable[[str], None] | None = None,
     **extra: Any,
 ) -> worker.Worker:
     config = support.worker_settings(
@@ -89,7 +88,6 @@ def make_worker(
         conn.info.dsn,
         embedder,  # type: ignore[arg-type]
         shutdown=shutdown,
-        on_failure=on_failure,
         threads=4,
     )
 
@@ -208,17 +206,15 @@ def test_regression_bug1_an_unexpected_error_never_gives_the_attempt_back(
     stream, fails the held job with its attempt counted (no release), and the loop
     goes on instead of exiting."""
     job_id = add_video(conn, s3, "v", 4)
-    real = worker.Worker._embed_batch
-    calls = []
+    stop = threading.Event()
 
-    def crash_once(self: worker.Worker, batch: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("a bug nobody foresaw")
-        return real(self, batch)
+    def crash(embedder: Any, batch: Any) -> Any:
+        # Stop right after: with a short backoff the next round could claim it again.
+        stop.set()
+        raise RuntimeError("a bug nobody foresaw")
 
-    monkeypatch.setattr(worker.Worker, "_embed_batch", crash_once)
-    with make_worker(conn, s3, StandIn()) as loop:
+    monkeypatch.setattr(inference, "embed_batch", crash)
+    with make_worker(conn, s3, StandIn(), shutdown=stop) as loop:
         loop.run(burst=True)
     job = support.job(conn, job_id)
     assert (job["status"], job["attempts"]) == ("queued", 1), job
@@ -272,7 +268,7 @@ def test_regression_bug3_one_write_holding_an_old_and_a_new_claim_of_a_job(
         for job in (old, new)
     ]
     outcome = store.write(conn, writes, preprocessing="p", lease_seconds=60)
-    assert outcome.lost == {store.claim_of(old)}
+    assert outcome.lost == {old.claim}
     assert rows_per_frame(conn, "v") == {0: 1, 1: 1}
     assert support.job(conn, new.id)["frames_done"] == 2
 
@@ -420,17 +416,29 @@ def test_regression_bug12_the_lease_keeper_survives_an_unexpected_error(
 def test_regression_bug12_a_dead_lease_keeper_stops_claiming_and_fails_liveness(
     conn: psycopg.Connection[Any], s3: S3Endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Regression (issue 16 bug 12): if the keeper thread ends anyway, the worker claims
-    nothing more (its leases would lapse) and says so, and /livez goes red."""
-    job_id = add_video(conn, s3, "v", 2)
-    monkeypatch.setattr(worker.Worker, "_renew_leases", lambda self, stop: None)
+    """Regression (issue 16 bug 12): if the keeper dies anyway (here: every round fails),
+    the worker claims nothing more (its leases would lapse) and /livez goes red."""
+    first = add_video(conn, s3, "first", 2)
+
+    def renew_always_failing(self: queue.Queue, connection: Any, jobs: Any) -> set[Any]:
+        raise RuntimeError("a bug in every renewal round")
+
+    monkeypatch.setattr(queue.Queue, "renew", renew_always_failing)
     state = health.HealthState(heartbeat_timeout=60)
-    with make_worker(conn, s3, StandIn(), on_failure=state.set_failed) as loop:
-        keeper = loop._keeper
-        assert keeper is not None
-        keeper.join(timeout=5)
+    later: list[int] = []
+    embedder = StandIn()
+
+    def wait_for_the_keeper_to_die(batch: int) -> None:
+        support.wait_for(lambda: loop.keeper.failure() is not None, 20, "a dead keeper")
+        later.append(add_video(conn, s3, "later", 2))
+
+    embedder.on_embed = wait_for_the_keeper_to_die
+    with make_worker(conn, s3, embedder, lease_seconds=1.5) as loop:
+        state.watch(loop.keeper)
+        state.beat()
         loop.run(burst=True)
-    job = support.job(conn, job_id)
+    assert support.job(conn, first)["status"] == "succeeded"
+    job = support.job(conn, later[0])
     assert (job["status"], job["attempts"]) == ("queued", 0)
     live, reason = state.live()
-    assert not live and "lease keeper" in reason
+    assert not live and "lease-keeper" in reason, reason

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from argus_embedder.gateways.queue import Job
-from argus_embedder.pipeline.ledger import Claim, Ledger, LedgerError, Outcome, Phase, claim_of
+from argus_embedder.gateways.queue import Claim, Job
+from argus_embedder.pipeline.ledger import Ledger, LedgerError, Outcome, Phase
 
 
 def make_job(job_id: int = 1, token: uuid.UUID | None = None) -> Job:
@@ -68,19 +68,19 @@ def test_lost_mid_write_drops_the_rest_of_its_frames() -> None:
     ledger.listed(entry.claim, 4)
     ledger.take(entry.claim)  # one frame is in a write in flight
 
-    [lost] = ledger.lost([entry.claim])
-    assert lost.outcome is Outcome.LOST
+    lost = ledger.finish(entry.claim, Outcome.LOST)
+    assert lost is not None and lost.outcome is Outcome.LOST
     assert not ledger.live(entry.claim)
     assert ledger.take(entry.claim) is None  # frames still in the stream are dropped
-    assert ledger.lost([entry.claim]) == []  # the write's own "lost" later counts nothing
+    assert ledger.finish(entry.claim, Outcome.LOST) is None  # the write's "lost" counts nothing
 
 
 def test_cancelled_claims_end_as_cancelled() -> None:
     ledger = Ledger()
     entry = ledger.claimed(make_job())
     ledger.listed(entry.claim, 2)
-    [ended] = ledger.lost([entry.claim], Outcome.CANCELLED)
-    assert ended.outcome is Outcome.CANCELLED
+    ended = ledger.finish(entry.claim, Outcome.CANCELLED)
+    assert ended is not None and ended.outcome is Outcome.CANCELLED
     assert ledger.held() == []
 
 
@@ -89,12 +89,14 @@ def test_a_reclaimed_job_id_is_a_separate_claim() -> None:
     ledger = Ledger()
     old = ledger.claimed(make_job(7))
     ledger.listed(old.claim, 2)
-    new = ledger.claimed(make_job(7))
+    retried = make_job(7)
+    assert ledger.earlier_claims(retried) == [old.claim]  # void: they must end
+    new = ledger.claimed(retried)
     ledger.listed(new.claim, 2)
     assert old.claim != new.claim
     assert old.claim.job_id == new.claim.job_id
 
-    ledger.lost([old.claim], Outcome.CANCELLED)
+    ledger.finish(old.claim, Outcome.LOST)
     assert ledger.live(new.claim)
     assert ledger.take(old.claim) is None
     assert ledger.take(new.claim) is False
@@ -141,7 +143,7 @@ def test_listing_an_ended_claim_says_so() -> None:
 
 def test_claim_is_id_and_token() -> None:
     token = uuid.uuid4()
-    assert claim_of(make_job(3, token)) == Claim(3, token)
+    assert make_job(3, token).claim == Claim(3, token)
 
 
 def test_the_lease_keeper_and_the_loop_share_it_safely() -> None:
@@ -154,7 +156,7 @@ def test_the_lease_keeper_and_the_loop_share_it_safely() -> None:
     def keeper() -> None:
         for _ in range(200):
             seen.append(len(ledger.held()))
-            ledger.lost([entries[0].claim])
+            ledger.finish(entries[0].claim, Outcome.LOST)
 
     thread = threading.Thread(target=keeper)
     thread.start()

@@ -96,7 +96,7 @@ def s3_endpoint() -> Iterator[S3Server]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "argus-bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "argus-bench")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    command = [sys.executable, "-c", "from argus_embedder import bench_data; bench_data.serve_s3()"]
+    command = [sys.executable, "-c", "from argus_embedder.bench import dataset; dataset.serve_s3()"]
     with subprocess.Popen(  # noqa: S603 - our own interpreter and code
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as server:

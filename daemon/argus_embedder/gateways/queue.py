@@ -8,7 +8,7 @@ import logging
 import random
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -20,6 +20,18 @@ MAX_BACKOFF_SECONDS = 600.0
 # Each try of a requeue that loses the race with an enqueue absorbs that enqueue, so a
 # second try almost always suffices; the bound only stops a pathological loop.
 REQUEUE_TRIES = 5
+
+
+class Claim(NamedTuple):
+    """One claim of a job: its id and that claim's lease token.
+
+    A job cancelled and retried while a worker still streams it is claimed again
+    under the same id, so whatever a claim owns (its rows, its lease, its ending)
+    is keyed by both.
+    """
+
+    job_id: int
+    lease_token: uuid.UUID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +46,10 @@ class Job:
     lease_token: uuid.UUID
     queue_wait_seconds: float
     failures: int = 0  # errors it had when claimed (errors_total; the history is trimmed)
+
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.id, self.lease_token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +154,8 @@ class Queue:
                         frames.append(Frame(id=row["id"], image_uri=row["image_uri"]))
         return missing
 
-    def renew(self, connection: psycopg.Connection[Any], jobs: list[Job]) -> set[int]:
-        """Extend the leases of `jobs`; returns the ids still held (others were lost)."""
+    def renew(self, connection: psycopg.Connection[Any], jobs: list[Job]) -> set[Claim]:
+        """Extend the leases of `jobs`; returns the claims still held (others were lost)."""
         if not jobs:
             return set()
         with connection.transaction():
@@ -148,7 +164,7 @@ class Queue:
                 db.queries()["renew_leases"],
                 {**fences(jobs), "lease_seconds": self.lease_seconds},
             ).fetchall()
-        return {row["id"] for row in rows}
+        return {Claim(row["id"], row["lease_token"]) for row in rows}
 
     def complete(self, connection: psycopg.Connection[Any], job: Job) -> float | None:
         """Mark succeeded; returns the job's run time in seconds, None if the lease was lost."""

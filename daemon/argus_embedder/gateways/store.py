@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,15 +18,6 @@ from argus_embedder.gateways.queue import Job
 log = logging.getLogger(__name__)
 
 _COPY_TYPES = ["int8", "text", "vector", "text", "text"]
-
-# One claim of a job: its id and the lease token of that claim. A job cancelled and
-# retried while a worker still streams it is claimed again under the same id, so
-# whatever a claim owns (its rows, its lease, its ending) is keyed by both.
-Claim = tuple[int, uuid.UUID]
-
-
-def claim_of(job: Job) -> Claim:
-    return (job.id, job.lease_token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +59,9 @@ class Outcome:
     """What a write did: jobs whose lease was gone, jobs it completed, and jobs whose
     rows the database refused (with why), which the caller fails."""
 
-    lost: set[Claim] = dataclasses.field(default_factory=set)
-    completed: set[Claim] = dataclasses.field(default_factory=set)
-    refused: dict[Claim, str] = dataclasses.field(default_factory=dict)
+    lost: set[queue.Claim] = dataclasses.field(default_factory=set)
+    completed: set[queue.Claim] = dataclasses.field(default_factory=set)
+    refused: dict[queue.Claim, str] = dataclasses.field(default_factory=dict)
 
     def add(self, other: Outcome) -> None:
         self.lost |= other.lost
@@ -95,8 +85,8 @@ def write(
     outcome = Outcome()
     with connection.transaction():
         still_held = _record_progress(connection, writes, lease_seconds)
-        held = [job_write for job_write in writes if claim_of(job_write.job) in still_held]
-        outcome.lost = {claim_of(job_write.job) for job_write in writes} - still_held
+        held = [job_write for job_write in writes if job_write.job.claim in still_held]
+        outcome.lost = {job_write.job.claim for job_write in writes} - still_held
         try:
             with connection.transaction():  # savepoint: a conflict must not void the fence
                 _copy(connection, held, preprocessing)
@@ -108,13 +98,13 @@ def write(
         completing = [job_write.job for job_write in held if job_write.complete]
         # Held claims are each their job's only live one: the returned ids name them.
         completed = queue.complete_jobs(connection, completing)
-        outcome.completed = {claim_of(job) for job in completing if job.id in completed}
+        outcome.completed = {job.claim for job in completing if job.id in completed}
     return outcome
 
 
 def _record_progress(
     connection: psycopg.Connection[Any], writes: Sequence[JobWrite], lease_seconds: float
-) -> set[Claim]:
+) -> set[queue.Claim]:
     """Every job's progress in one fenced statement; the claims whose lease is still ours."""
     if not writes:
         return set()
@@ -127,7 +117,7 @@ def _record_progress(
             "lease_seconds": lease_seconds,
         },
     ).fetchall()
-    return {(row["id"], row["lease_token"]) for row in rows}
+    return {queue.Claim(row["id"], row["lease_token"]) for row in rows}
 
 
 def _copy(

@@ -21,21 +21,9 @@ import dataclasses
 import enum
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from collections.abc import Callable
 
-from argus_embedder.gateways.queue import Job
-
-
-class Claim(NamedTuple):
-    """One claim of a job: a retried job id comes back with a new token."""
-
-    job_id: int
-    lease_token: object
-
-
-def claim_of(job: Job) -> Claim:
-    return Claim(job.id, job.lease_token)
+from argus_embedder.gateways.queue import Claim, Job
 
 
 class Phase(enum.Enum):
@@ -68,7 +56,7 @@ class Entry:
 
     @property
     def claim(self) -> Claim:
-        return claim_of(self.job)
+        return self.job.claim
 
     @property
     def live(self) -> bool:
@@ -85,7 +73,7 @@ class Ledger:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._entries: dict[Claim, Entry] = {}
-        self._clock = clock
+        self.clock = clock
         self.finished = 0  # claims ended, whatever the outcome
 
     def __len__(self) -> int:
@@ -94,12 +82,18 @@ class Ledger:
 
     def claimed(self, job: Job) -> Entry:
         """A new claim; its frames come with `listed`."""
-        entry = Entry(job, claimed_at=self._clock())
+        entry = Entry(job, claimed_at=self.clock())
         with self._lock:
             if entry.claim in self._entries:
                 raise LedgerError(f"job {job.id} claimed twice with one token")
             self._entries[entry.claim] = entry
         return entry
+
+    def earlier_claims(self, job: Job) -> list[Claim]:
+        """Claims held of the same job id as `job`'s new claim: it was cancelled and
+        retried while its frames still streamed, so they are void and must end."""
+        with self._lock:
+            return [claim for claim in self._entries if claim.job_id == job.id]
 
     def listed(self, claim: Claim, frames: int) -> bool:
         """The claim's missing frames are in the stream; False when it already ended."""
@@ -155,7 +149,3 @@ class Ledger:
     def get(self, claim: Claim) -> Entry | None:
         with self._lock:
             return self._entries.get(claim)
-
-    def lost(self, claims: Iterable[Claim], outcome: Outcome = Outcome.LOST) -> list[Entry]:
-        """Claims whose lease is no longer ours end at once: their writes would be fenced out."""
-        return [entry for claim in claims if (entry := self.finish(claim, outcome)) is not None]

@@ -51,13 +51,12 @@ def run(config: Settings, *, burst: bool = False) -> int:
                     model,
                     shutdown=stop,
                     on_beat=state.beat,
-                    on_failure=state.set_failed,
                     decode_processes=preparing.processes(config.decode_processes),
                 ) as loop,
                 periodic.service(url, [index.task(config.model)], stop=stop) as indexer,
                 periodic.service(url, _background(config, model), stop=stop) as background,
             ):
-                state.watch(indexer, background)
+                state.watch(loop.keeper, indexer, background)
                 state.set_model_warm()
                 state.beat()
                 log.info(

@@ -56,7 +56,6 @@ class HealthState:
         self._last_beat: float | None = None
         self._model_warm = False
         self._draining = False
-        self._failure: str | None = None
         self._db_check: Callable[[], None] | None = None
         self._db_result: tuple[float, str | None] | None = None  # (checked at, error or None)
         self._details: dict[str, str] = {}
@@ -78,12 +77,6 @@ class HealthState:
         with self._lock:
             self._draining = True
         metrics.READY.set(0)
-
-    def set_failed(self, reason: str) -> None:
-        """A thread the loop cannot work without died (the lease keeper): not live from
-        now on, so the watchdog or an orchestrator restarts the process."""
-        with self._lock:
-            self._failure = reason
 
     def set_db_check(self, check: Callable[[], None]) -> None:
         """Install the database probe: a callable that raises when the database is unreachable.
@@ -118,9 +111,7 @@ class HealthState:
         live: a start that hangs is systemd's TimeoutStartSec's business.
         """
         with self._lock:
-            last, failure, services = self._last_beat, self._failure, list(self._services)
-        if failure is not None:
-            return False, failure
+            last, services = self._last_beat, list(self._services)
         for service in services:
             dead = service.failure()
             if dead is not None:

@@ -124,7 +124,9 @@ class Service:
                     f"{self.name} failed {self.failures} times in a row: {errors.first_line(error)}"
                 )
                 raise
-            backoff = min(_BACKOFF_MAX, 2.0 ** min(self.failures, 5))
+            # Doubling from the service's own interval: a lease keeper must retry well
+            # within a lease, a periodic pass need not hammer a failing database.
+            backoff = min(_BACKOFF_MAX, max(self.interval, 0.1) * 2.0 ** min(self.failures - 1, 5))
             log.warning(
                 "%s failed (%s); retrying in %.0fs",
                 self.name,
