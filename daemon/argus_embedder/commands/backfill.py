@@ -10,14 +10,16 @@ failed: running it is an operator asking for exactly that.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import Any
 
 import psycopg
 
 from argus_embedder import db, errors
-from argus_embedder.commands import progress
+from argus_embedder.commands import common, progress
 from argus_embedder.services import reconciler
+from argus_embedder.settings import Settings
 
 BATCH_VIDEOS = 500
 DEFAULT_PRIORITY = -10  # below fresh uploads (priority 0): a backfill never starves them
@@ -75,3 +77,24 @@ def backfill(
             after = rows[-1]["video_id"]
             bar.advance(len(rows))
     return BackfillResult(videos=videos, lacking=lacking, enqueued=enqueued)
+
+
+def main(args: argparse.Namespace, config: Settings) -> int:
+    """`argus-embedder backfill --model M [--project P] [--priority N]`."""
+    if args.model is None:
+        raise errors.UserInputError("backfill needs --model M, the model to fill in")
+    priority = DEFAULT_PRIORITY if args.priority is None else args.priority
+    with common.connect(config) as connection:
+        result = backfill(
+            connection,
+            config.model,
+            configured_model=common.configured_model(),
+            project=args.project,
+            priority=priority,
+        )
+    print(
+        f"backfill {config.model}: {result.videos} video(s) checked, {result.lacking} lacking "
+        f"rows, {result.enqueued} job(s) enqueued at priority {priority}"
+        + (" (the others already had a job)" if result.lacking > result.enqueued else "")
+    )
+    return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
 import logging
@@ -234,3 +235,8 @@ MOTIFS = {
     "mountain": _mountain,
     "dunes": _dunes,
 }
+
+
+def main(args: argparse.Namespace, config: Settings) -> int:
+    """`argus-embedder demo`."""
+    return run(config)

@@ -10,6 +10,7 @@ behind a long query.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import time
@@ -18,7 +19,9 @@ from typing import Any
 import psycopg
 
 from argus_embedder import db, errors
+from argus_embedder.commands import common
 from argus_embedder.gateways import workers
+from argus_embedder.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +88,18 @@ def prune(
             ) from error
         return PruneResult(rows=rows, cancelled_jobs=len(cancelled))
     raise AssertionError("unreachable")
+
+
+def main(args: argparse.Namespace, config: Settings) -> int:
+    """`argus-embedder prune --model OLD [--force]`."""
+    if args.model is None:
+        raise errors.UserInputError("prune needs --model OLD, the model to remove")
+    with common.connect(config) as connection:
+        result = prune(
+            connection, config.model, configured_model=common.configured_model(), force=args.force
+        )
+    print(
+        f"pruned {config.model}: {result.rows} row(s) and its index dropped, "
+        f"{result.cancelled_jobs} queued job(s) cancelled"
+    )
+    return 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +13,9 @@ import numpy.typing as npt
 import psycopg
 
 from argus_embedder import db, errors
+from argus_embedder.commands import common
+from argus_embedder.gateways import index
+from argus_embedder.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,3 +55,59 @@ def search(
             "(run `argus-embedder migrate --model MODEL` and embed some frames)"
         ) from error
     return [Hit(**row) for row in rows]
+
+
+def main(args: argparse.Namespace, config: Settings) -> int:
+    """`argus-embedder search "text" | --image PATH [--limit K] [--video V] [--project P]`."""
+    from argus_embedder.pipeline import embedder
+
+    if (args.text is None) == (args.image is None):
+        raise errors.UserInputError("give either a search text or --image PATH")
+    if not 1 <= args.limit <= 1000:
+        raise errors.UserInputError("--limit must be between 1 and 1000")
+    if args.text is not None and len(args.text) > 10_000:
+        raise errors.UserInputError("search text is longer than 10000 characters")
+    with common.connect(config) as connection:
+        _check_searchable(connection, config.model)
+    if args.image is not None:
+        image_embedder = embedder.load_embedder(config.model, config.device, config.batch_size)
+        try:
+            data = Path(args.image).read_bytes()
+        except OSError as error:
+            raise errors.UserInputError(f"{args.image}: {error.strerror}") from error
+        try:
+            query = image_embedder.embed([image_embedder.prepare(data)])[0]
+        except errors.FrameError as error:
+            raise errors.UserInputError(f"{args.image}: {error}") from error
+    else:
+        query = embedder.load_text_encoder(config.model, config.device).embed_texts([args.text])[0]
+    with common.connect(config) as connection:
+        hits = search(
+            connection,
+            config.model,
+            query,
+            limit=args.limit,
+            video_id=args.video,
+            project_id=args.project,
+        )
+    if args.json:
+        print(json.dumps([hit.__dict__ for hit in hits], indent=2))
+        return 0
+    if not hits:
+        print("no frames found")
+    for rank, hit in enumerate(hits, 1):
+        print(
+            f"{rank:>3}. {hit.score:.4f}  video {hit.video_id} frame {hit.frame_index}  "
+            f"{hit.image_uri}"
+        )
+    return 0
+
+
+def _check_searchable(connection: psycopg.Connection[Any], model: str) -> None:
+    """Before loading a model for the query: is it registered here at all?"""
+    if index.info(connection, model) is None:
+        known = [row["model"] for row in connection.execute(db.queries()["models"])]
+        raise errors.UserInputError(
+            f"model {model!r} has no embeddings in this database; registered: "
+            + (", ".join(known) if known else "none (run `argus-embedder migrate --model M`)")
+        )

@@ -11,6 +11,7 @@ lately (unknown, not zero).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 import psycopg
 
 from argus_embedder import db, errors
+from argus_embedder.commands import common
 from argus_embedder.gateways import queue, workers
 from argus_embedder.runtime import metrics
 from argus_embedder.services import periodic, reconciler
@@ -322,3 +324,27 @@ def exporter(config: Settings) -> periodic.Task:
         )
 
     return periodic.Task("queue stats", QUEUE_STATS_TICK, run)
+
+
+def main(args: argparse.Namespace, config: Settings) -> int:
+    """`argus-embedder status [--json] [--watch]`."""
+    if args.watch:
+        if not args.interval > 0:
+            raise errors.UserInputError("--interval must be a positive number of seconds")
+        common.connect(config).close()  # a bad URL or schema fails now, with its exit code
+        try:
+            watch(
+                lambda: common.connect(config),
+                model=config.model,
+                interval=args.interval,
+                as_json=args.json,
+            )
+        except KeyboardInterrupt:
+            return 0  # Ctrl-C is how a watch ends
+    with common.connect(config) as connection:
+        report = collect(connection, model=config.model)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(render(report))
+    return 0
