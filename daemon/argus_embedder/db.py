@@ -29,7 +29,7 @@ _EMBEDDED_NOTICE_SHOWN = False
 
 
 class Queries:
-    """The runtime SQL of sql/queries.sql, parsed once; `queries["claim_jobs"]`."""
+    """The runtime SQL of sql/queries/*.sql, parsed once; `queries["claim_jobs"]`."""
 
     def __init__(self, text: str) -> None:
         parts = _BLOCK.split(text)
@@ -49,15 +49,14 @@ class Queries:
 
 @functools.cache
 def queries() -> Queries:
-    """sql/queries.sql plus every sql/queries/*.sql, as one set of unique names."""
-    root = _sql_root()
-    texts = [root.joinpath("queries.sql").read_text(encoding="utf-8")]
-    extra = sorted(
-        (entry for entry in root.joinpath("queries").iterdir() if entry.name.endswith(".sql")),
+    """Every sql/queries/*.sql (one file per table gateway or command), as one set of
+    unique names."""
+    folder = _sql_root().joinpath("queries")
+    files = sorted(
+        (entry for entry in folder.iterdir() if entry.name.endswith(".sql")),
         key=lambda entry: entry.name,
     )
-    texts.extend(entry.read_text(encoding="utf-8") for entry in extra)
-    return Queries("\n".join(texts))
+    return Queries("\n".join(entry.read_text(encoding="utf-8") for entry in files))
 
 
 def _sql_root() -> importlib.resources.abc.Traversable:

@@ -1,4 +1,4 @@
--- Model switch: backfill a model's vectors, prune an old model.
+-- Model switch: which videos a backfill must enqueue.
 
 -- name: backfill_count_videos
 -- Distinct videos by a loose index scan: one probe of the frames unique index
@@ -61,25 +61,3 @@ SELECT v.video_id,
                                  WHERE e.frame_id = f.id AND e.model = %(model)s)) AS lacking
 FROM videos v WHERE v.video_id IS NOT NULL
 ORDER BY v.video_id;
-
--- name: prune_lock_timeout
--- Dropping a model's partition takes an ACCESS EXCLUSIVE lock on
--- argus.frame_embeddings for a moment: wait at most this long for it, so the
--- drop never queues in front of searches and writes behind a long query.
-SELECT set_config('lock_timeout', %(timeout)s, true) AS lock_timeout;
-
--- name: unregister_model
--- The model's vectors and registration: its partition (all segments and their
--- indexes) goes at once, through the schema owner's definer function.
-SELECT argus.drop_model(%(model)s) AS dropped;
-
--- name: model_rows
-SELECT count(*) AS with_row FROM argus.frame_embeddings WHERE model = %(model)s;
-
--- name: cancel_queued_model_jobs
--- Queued jobs naming a pruned model would wait forever (and page someone).
-UPDATE argus.embedding_jobs
-SET status = 'cancelled', finished_at = now(), updated_at = now(),
-    last_error = 'model pruned'
-WHERE status = 'queued' AND model = %(model)s
-RETURNING id;

@@ -1,5 +1,5 @@
 -- status: running jobs with their rate, the queue's backlog and ETA, coverage
--- per model, and the worker registry (argus.workers).
+-- per model, and the registry's view of the fleet.
 
 -- name: status_running
 -- Running jobs with the device of their worker and the frames they wrote in
@@ -93,21 +93,3 @@ SELECT w.worker_id, w.model, w.device, w.version, w.started_at, w.stopped_at,
 FROM argus.workers w
 WHERE w.seen_at > now() - make_interval(secs => %(seconds)s)
 ORDER BY w.worker_id;
-
--- name: worker_announce
-INSERT INTO argus.workers AS w (worker_id, model, device, version)
-VALUES (%(worker_id)s, %(model)s, %(device)s, %(version)s)
-ON CONFLICT (worker_id) DO UPDATE
-SET model = excluded.model, device = excluded.device, version = excluded.version,
-    started_at = now(), seen_at = now(), stopped_at = NULL;
-
--- name: worker_seen
-UPDATE argus.workers SET seen_at = now(), stopped_at = NULL WHERE worker_id = %(worker_id)s
-RETURNING worker_id;
-
--- name: worker_stopped
-UPDATE argus.workers SET seen_at = now(), stopped_at = now() WHERE worker_id = %(worker_id)s;
-
--- name: workers_forget
--- Registry rows of daemons gone for long (hostname:pid ids pile up otherwise).
-DELETE FROM argus.workers WHERE seen_at < now() - make_interval(secs => %(seconds)s);

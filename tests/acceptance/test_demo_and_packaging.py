@@ -107,7 +107,7 @@ def test_built_wheel_ships_the_sql_and_migrates(tmp_path: Path, empty_database_u
     (wheel,) = wheels.glob("argus_embedder-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        assert "argus_embedder/sql/queries.sql" in names
+        assert "argus_embedder/sql/queries/jobs.sql" in names
         assert "argus_embedder/sql/migrations/0001_initial.sql" in names
         site = tmp_path / "site"
         archive.extractall(site)

@@ -19,10 +19,10 @@ import pytest
 
 from argus_embedder import db, settings
 from argus_embedder.commands import status
-from argus_embedder.gateways import index, queue, workers
+from argus_embedder.gateways import index, passes, queue
 from argus_embedder.pipeline import embedder, worker
 from argus_embedder.runtime import metrics
-from argus_embedder.services import periodic, reconciler
+from argus_embedder.services import periodic, queue_gauges, reconciler, registry
 from tests import support
 from tests.acceptance.conftest import Daemon, free_port
 from tests.conftest import S3Endpoint, textured_jpeg
@@ -183,7 +183,7 @@ def test_a_fleet_pass_runs_once_per_interval(conn: psycopg.Connection[Any]) -> N
     time.sleep(0.6)
     again = reconciler.run_pass(conn, MODEL, interval=0.5, worker_id="two")
     assert again is not None and again.enqueued == 0
-    last = periodic.latest(conn, reconciler.pass_name(MODEL))
+    last = passes.latest(conn, reconciler.pass_name(MODEL))
     assert last is not None and last.worker_id == "two"
     assert last.result["missing_frames"] == 1 and last.result["complete"]
 
@@ -239,8 +239,8 @@ def test_the_fleet_work_runs_with_least_privilege(
         with db.connect(url(roles["argus_worker"]), autocommit=True) as restricted:
             result = reconciler.run_pass(restricted, MODEL, interval=1, worker_id="least")
             assert result is not None and result.enqueued == 1
-            status.exporter(config).run(restricted, lambda: False)
-            workers.task("least", model=MODEL, device="cpu", version="test").run(
+            queue_gauges.task(config).run(restricted, lambda: False)
+            registry.task("least", model=MODEL, device="cpu", version="test").run(
                 restricted, lambda: False
             )
         with db.connect(url(roles["argus_reader"]), autocommit=True) as reader:

@@ -18,9 +18,9 @@ import pytest
 from argus_embedder import cli, settings
 from argus_embedder.commands import status
 from argus_embedder.gateways import index, queue, store
-from argus_embedder.gateways import workers as registry
 from argus_embedder.pipeline import embedder, worker
 from argus_embedder.runtime import metrics
+from argus_embedder.services import queue_gauges, registry
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 
@@ -124,9 +124,9 @@ def test_a_huge_queue_is_counted_on_a_sample(
 ) -> None:
     for n in range(5):
         support.add_video(conn, f"backlog-{n}", ["x", "y", "z"])
-    assert status.frames_waiting(conn, "test/model") == (15, False)
-    monkeypatch.setattr(status, "WAITING_SAMPLE", 2)
-    assert status.frames_waiting(conn, "test/model") == (15, True)  # 2 of 5 videos, scaled
+    assert queue_gauges.frames_waiting(conn, "test/model") == (15, False)
+    monkeypatch.setattr(queue_gauges, "WAITING_SAMPLE", 2)
+    assert queue_gauges.frames_waiting(conn, "test/model") == (15, True)  # 2 of 5 videos, scaled
     assert status.render(status.collect(conn)).count("~15 frame(s) waiting") == 1
 
 
@@ -175,7 +175,7 @@ def test_queue_gauges_come_from_one_snapshot_per_interval(
     support.add_video(conn, "v1", ["a", "b", "c"])
     support.add_video(conn, "v2", ["a", "b"])
     first, second = (
-        status.exporter(settings.load(env={}, model="test/model", worker_id=name))
+        queue_gauges.task(settings.load(env={}, model="test/model", worker_id=name))
         for name in ("daemon-a", "daemon-b")
     )
     first.run(conn, lambda: False)

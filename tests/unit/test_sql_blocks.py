@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib.resources
+import re
 from pathlib import Path
 
 import argus_embedder
@@ -77,3 +79,41 @@ def test_the_lookup_finder_sees_the_usual_forms() -> None:
     asked = _asked_for()
     assert "claim_jobs" in asked  # db.queries()["claim_jobs"]
     assert "pass_claim" in asked  # q = db.queries(); q["pass_claim"]
+
+
+GATEWAYS = {  # sql/queries/<file> -> the one module that writes its table
+    "jobs.sql": "gateways/queue.py",
+    "frames.sql": "gateways/frames.py",
+    "embeddings.sql": "gateways/store.py",
+    "models.sql": "gateways/index.py",
+    "passes.sql": "gateways/passes.py",
+    "workers.sql": "gateways/workers.py",
+}
+_WRITES = re.compile(
+    r"\b(INSERT|UPDATE|DELETE|COPY)\b|argus\.(register_model|ensure_model_index|ensure_segments"
+    r"|index_segment|drop_model|enqueue_embedding_job)\b"
+)
+
+
+def _blocks_of(file_name: str) -> dict[str, str]:
+    text = (
+        importlib.resources.files("argus_embedder.sql").joinpath("queries", file_name).read_text()
+    )
+    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_each_table_is_written_through_its_one_gateway() -> None:
+    """Every statement that writes a gateway's table is asked for from that module only."""
+    asked_from: dict[str, set[str]] = {}
+    for path, tree in _sources():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                asked_from.setdefault(node.value, set()).add(str(path.relative_to(PACKAGE)))
+    strays = {}
+    for file_name, module in GATEWAYS.items():
+        for name, body in _blocks_of(file_name).items():
+            sql = "\n".join(line for line in body.splitlines() if not line.startswith("--"))
+            if _WRITES.search(sql) and asked_from.get(name, set()) - {module}:
+                strays[name] = sorted(asked_from[name])
+    assert not strays, f"writes outside their gateway: {strays}"

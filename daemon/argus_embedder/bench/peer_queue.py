@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 
 from argus_embedder import db
+from argus_embedder.gateways import queue
 from argus_embedder.gateways.queue import Queue
 
 MODEL = "argus-bench/claims"  # a model no other scenario uses, so only these jobs match
@@ -66,11 +67,8 @@ class Peer:
 def argus(url: str, jobs: int, workers: int) -> Drain:
     """Enqueue `jobs` empty jobs, then drain them with `workers` loops of Queue.claim of
     BATCH jobs and Queue.complete_many of what was claimed."""
-    with db.connect(url, autocommit=True) as connection, connection.cursor() as cursor:
-        cursor.executemany(
-            db.queries()["enqueue_job"],
-            [{"video_id": f"claims-{i}", "model": MODEL, "priority": 0} for i in range(jobs)],
-        )
+    with db.connect(url, autocommit=True) as connection:
+        queue.enqueue_many(connection, [f"claims-{i}" for i in range(jobs)], model=MODEL)
 
     def drain(slot: int, ready: Callable[[], None], finished: Callable[[], None]) -> None:
         work = Queue(model=MODEL, worker_id=f"argus-bench-{slot}", lease_seconds=60)

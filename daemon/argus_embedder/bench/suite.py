@@ -32,7 +32,7 @@ from argus_embedder.bench import cpu_meter, dataset, first_draft, peer_queue, ve
 from argus_embedder.gateways import index
 from argus_embedder.pipeline import embedder, preparing, worker
 from argus_embedder.pipeline.storage import Storage
-from argus_embedder.services import periodic
+from argus_embedder.services import indexer, periodic
 from argus_embedder.settings import Settings, redact_url
 from argus_embedder.testing import tinymodel
 
@@ -351,7 +351,7 @@ class Bench:
     def index_kinds(self) -> None:
         """e2e_indexed_over_unindexed: the same tiny model registered with hnsw, then none.
 
-        Each kind runs twice, in the order hnsw, none, none, hnsw. The segment indexer runs
+        Each kind runs twice, in the order hnsw, none, none, hnsw. The segment indexing runs
         beside the worker (as in the daemon) and builds segments as they seal, so with hnsw
         the bulk builds compete with embedding for this machine's cores, as they would for
         a database server's.
@@ -372,12 +372,12 @@ class Bench:
         tally = _Tally()
         for kind in [*kinds, *reversed(kinds)]:
             model = models[kind]
-            # The daemon's indexer beside the worker, as `run` has it, checking every half
+            # The daemon's indexing beside the worker, as `run` has it, checking every half
             # second instead of every CHECK_SECONDS: these runs last seconds, not hours.
-            indexer = dataclasses.replace(index.task(model.model), interval=0.5, first_delay=0)
+            indexing = dataclasses.replace(indexer.task(model.model), interval=0.5, first_delay=0)
             with (
                 self.progress.step(f"index {kind}", f"1 job x {half} frames"),
-                periodic.running(self.url, [indexer], stop=threading.Event()),
+                periodic.running(self.url, [indexing], stop=threading.Event()),
             ):
                 tally.add(kind, half, self._e2e(model, [half]))
         built = self._segments_indexed(models["hnsw"].model)

@@ -18,7 +18,7 @@ import psycopg
 
 from argus_embedder import db, errors
 from argus_embedder.commands import common, progress
-from argus_embedder.services import reconciler
+from argus_embedder.gateways import queue
 from argus_embedder.settings import Settings
 
 BATCH_VIDEOS = 500
@@ -63,7 +63,7 @@ def backfill(
             if not rows:
                 break
             candidates = [row["video_id"] for row in rows if row["lacking"]]
-            added = reconciler.enqueue_missing(
+            added = queue.enqueue_missing(
                 connection,
                 candidates,
                 model=model,

@@ -20,7 +20,7 @@ import psycopg
 
 from argus_embedder import db, errors
 from argus_embedder.commands import common
-from argus_embedder.gateways import workers
+from argus_embedder.gateways import index, queue, workers
 from argus_embedder.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,18 +60,15 @@ def prune(
             f"daemon(s) {', '.join(users)} still run {model}: restart them with the new "
             "model first (or pass --force)"
         )
-    if connection.execute(q["model_info"], {"model": model}).fetchone() is None:
+    if index.info(connection, model) is None:
         raise errors.UserInputError(f"model {model!r} is not registered in this database")
     counted = connection.execute(q["model_rows"], {"model": model}).fetchone()
     rows = 0 if counted is None else int(counted["with_row"])
     for attempt in range(1, attempts + 1):
         try:
             with connection.transaction():
-                connection.execute(q["prune_lock_timeout"], {"timeout": LOCK_TIMEOUT})
-                cancelled = connection.execute(
-                    q["cancel_queued_model_jobs"], {"model": model}
-                ).fetchall()
-                connection.execute(q["unregister_model"], {"model": model})
+                cancelled = queue.cancel_queued_of_model(connection, model)
+                index.unregister(connection, model, lock_timeout=LOCK_TIMEOUT)
         except psycopg.errors.LockNotAvailable:
             if attempt == attempts:
                 raise errors.ArgusError(
@@ -83,10 +80,9 @@ def prune(
             continue
         except psycopg.errors.InsufficientPrivilege as error:
             raise errors.UserInputError(
-                "prune needs the schema owner's role (like migrate): "
-                + str(error).strip().splitlines()[0]
+                "prune needs the schema owner's role (like migrate): " + errors.first_line(error)
             ) from error
-        return PruneResult(rows=rows, cancelled_jobs=len(cancelled))
+        return PruneResult(rows=rows, cancelled_jobs=cancelled)
     raise AssertionError("unreachable")
 
 

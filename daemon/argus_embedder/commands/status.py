@@ -22,17 +22,12 @@ import psycopg
 
 from argus_embedder import db, errors
 from argus_embedder.commands import common
-from argus_embedder.gateways import queue, workers
-from argus_embedder.runtime import metrics
-from argus_embedder.services import periodic, reconciler
+from argus_embedder.gateways import passes, queue, workers
+from argus_embedder.services import queue_gauges, reconciler
 from argus_embedder.settings import Settings
 
 FLEET_WINDOW_SECONDS = 300.0
 FLEET_RATE_JOBS = 500  # at most this many finished jobs' videos are read for the rate
-WAITING_SAMPLE = 1000  # (video, model) pairs counted exactly; more are extrapolated
-QUEUE_STATS_NAME = "queue-stats"
-QUEUE_STATS_SECONDS = 15.0  # the fleet computes the queue snapshot about this often
-QUEUE_STATS_TICK = 5.0  # each daemon refreshes its gauges from the snapshot this often
 
 
 def collect(connection: psycopg.Connection[Any], *, model: str | None = None) -> dict[str, Any]:
@@ -48,7 +43,7 @@ def collect(connection: psycopg.Connection[Any], *, model: str | None = None) ->
         "coverage": coverage(connection, configured=model),
         "workers": [_worker(info) for info in workers.recent(connection)],
         "reconciler": [
-            _reconciler(record) for record in periodic.records(connection, reconciler.NAME_PREFIX)
+            _reconciler(record) for record in passes.records(connection, reconciler.NAME_PREFIX)
         ],
     }
 
@@ -77,22 +72,8 @@ def coverage(
     return result
 
 
-def frames_waiting(connection: psycopg.Connection[Any], model: str | None) -> tuple[int, bool]:
-    """Frames still to embed for every (video, model) with a queued or running job,
-    and whether that is an estimate (more than WAITING_SAMPLE such pairs)."""
-    row = connection.execute(
-        db.queries()["status_frames_waiting"], {"model": model, "sample": WAITING_SAMPLE}
-    ).fetchone()
-    if row is None or not row["sampled"]:
-        return 0, False
-    pairs, sampled, frames = int(row["pairs"]), int(row["sampled"]), int(row["frames"])
-    if sampled >= pairs:
-        return frames, False
-    return round(frames * pairs / sampled), True
-
-
 def _queue(connection: psycopg.Connection[Any], model: str | None) -> dict[str, Any]:
-    waiting, estimated = frames_waiting(connection, model)
+    waiting, estimated = queue_gauges.frames_waiting(connection, model)
     row = connection.execute(
         db.queries()["status_fleet_rate"],
         {"window": FLEET_WINDOW_SECONDS, "jobs": FLEET_RATE_JOBS},
@@ -141,7 +122,7 @@ def _worker(info: workers.WorkerInfo) -> dict[str, Any]:
     }
 
 
-def _reconciler(record: periodic.PassRecord) -> dict[str, Any]:
+def _reconciler(record: passes.PassRecord) -> dict[str, Any]:
     return {
         "model": record.name.removeprefix(reconciler.NAME_PREFIX),
         "worker_id": record.worker_id,
@@ -281,49 +262,6 @@ def watch(
 
 
 # --- the queue gauges ---------------------------------------------------------------
-
-
-def queue_snapshot(connection: psycopg.Connection[Any], model: str) -> dict[str, Any]:
-    """Job counts, oldest queued age and frames waiting: what the queue gauges show."""
-    stats = queue.stats(connection)
-    return {
-        "jobs": stats.jobs,
-        "oldest_queued_seconds": stats.oldest_queued_seconds,
-        "frames_waiting": frames_waiting(connection, model)[0],
-    }
-
-
-def exporter(config: Settings) -> periodic.Task:
-    """Keep this daemon's queue gauges current. The fleet computes the snapshot about
-    every QUEUE_STATS_SECONDS (one daemon at a time, a claimed fleet-wide pass) and
-    every daemon exports the same stored snapshot, so `max` across instances is right
-    and the cost does not grow with the number of daemons."""
-
-    def run(connection: psycopg.Connection[Any], stopping: periodic.Stopping) -> None:
-        claimed = periodic.claim(
-            connection,
-            QUEUE_STATS_NAME,
-            interval=QUEUE_STATS_SECONDS,
-            worker_id=config.worker_id,
-        )
-        if claimed:
-            periodic.record(
-                connection,
-                QUEUE_STATS_NAME,
-                worker_id=config.worker_id,
-                result=queue_snapshot(connection, config.model),
-            )
-        last = periodic.latest(connection, QUEUE_STATS_NAME)
-        if last is None or last.finished_at is None:
-            return
-        snapshot = last.result
-        metrics.set_queue_stats(
-            {state: int(count) for state, count in snapshot.get("jobs", {}).items()},
-            snapshot.get("oldest_queued_seconds"),
-            int(snapshot.get("frames_waiting", 0)),
-        )
-
-    return periodic.Task("queue stats", QUEUE_STATS_TICK, run)
 
 
 def main(args: argparse.Namespace, config: Settings) -> int:

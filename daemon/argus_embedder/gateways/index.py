@@ -20,13 +20,11 @@ from typing import Any
 import psycopg
 
 from argus_embedder import db, errors
-from argus_embedder.services import periodic
 
 log = logging.getLogger(__name__)
 
 KINDS = ("hnsw", "ivfflat", "none")
 DEFAULT_KIND = "hnsw"
-CHECK_SECONDS = 30.0  # how often a daemon looks for sealed segments to index
 QUIET_SECONDS = 600.0  # a complete-range segment with no writes this long seals anyway
 
 
@@ -160,19 +158,9 @@ def build_sealed(
     return built
 
 
-def task(model: str) -> periodic.Task:
-    """The daemon's indexer: look for sealed segments of `model` every CHECK_SECONDS.
-
-    Run it on its own periodic thread: a bulk build can take a minute, which
-    must not delay the daemon's other background passes.
-    """
-    return periodic.Task(
-        name="indexer",
-        interval=CHECK_SECONDS,
-        run=lambda connection, stopping: None if stopping() else _build(connection, model),
-        first_delay=CHECK_SECONDS,
-    )
-
-
-def _build(connection: psycopg.Connection[Any], model: str) -> None:
-    build_sealed(connection, model)
+def unregister(connection: psycopg.Connection[Any], model: str, *, lock_timeout: str) -> None:
+    """Drop `model`'s partition (every segment and index) and its registration, inside the
+    caller's transaction, waiting at most `lock_timeout` for the table lock (the drop
+    must never queue in front of searches and writes behind a long query)."""
+    connection.execute(db.queries()["prune_lock_timeout"], {"timeout": lock_timeout})
+    connection.execute(db.queries()["unregister_model"], {"model": model})

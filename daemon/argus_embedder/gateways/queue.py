@@ -314,6 +314,17 @@ def enqueue(
     return None if row is None else row["id"]
 
 
+def enqueue_many(
+    connection: psycopg.Connection[Any], video_ids: Sequence[str], *, model: str | None
+) -> None:
+    """Insert a job for each video in one pipelined round trip (the bench's set-up)."""
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            db.queries()["enqueue_job"],
+            [{"video_id": video_id, "model": model, "priority": 0} for video_id in video_ids],
+        )
+
+
 def video_exists(connection: psycopg.Connection[Any], video_id: str) -> bool:
     row = connection.execute(db.queries()["video_has_frames"], {"video_id": video_id}).fetchone()
     return bool(row and row["found"])
@@ -339,3 +350,68 @@ def stats(connection: psycopg.Connection[Any]) -> QueueStats:
     oldest = connection.execute(db.queries()["oldest_queued"]).fetchone()
     age = None if oldest is None else oldest["age_seconds"]
     return QueueStats(jobs=counts, oldest_queued_seconds=age)
+
+
+def enqueue_missing(
+    connection: psycopg.Connection[Any],
+    video_ids: Sequence[str],
+    *,
+    model: str,
+    configured_model: str,
+    priority: int,
+    respect_failures: bool,
+    settle_seconds: float = 0.0,
+) -> list[str]:
+    """Enqueue a job naming `model` for each video not covered yet; returns those videos.
+
+    A queued or running job covers the video if it names `model`, or names no
+    model while `model` is `configured_model` (the daemons' own). With
+    `respect_failures`, a video whose latest finished job failed or was
+    cancelled waits for a newer frame or an operator's retry. A video with a frame
+    younger than `settle_seconds` waits too (its frame stage is still at it).
+    """
+    if not video_ids:
+        return []
+    rows = connection.execute(
+        db.queries()["enqueue_missing"],
+        {
+            "video_ids": list(video_ids),
+            "model": model,
+            "configured_model": configured_model,
+            "priority": priority,
+            "respect_failures": respect_failures,
+            "settle_seconds": settle_seconds,
+        },
+    ).fetchall()
+    return [row["video_id"] for row in rows]
+
+
+def record_progress(
+    connection: psycopg.Connection[Any],
+    jobs: Sequence[Job],
+    *,
+    done: Sequence[int],
+    failed: Sequence[int],
+    lease_seconds: float,
+) -> set[Claim]:
+    """Add a batch's frames to each job's progress in one fenced statement, inside the
+    caller's write transaction; returns the claims whose lease is still ours."""
+    if not jobs:
+        return set()
+    rows = connection.execute(
+        db.queries()["record_progress"],
+        {
+            **fences(jobs),
+            "done": list(done),
+            "failed": list(failed),
+            "lease_seconds": lease_seconds,
+        },
+    ).fetchall()
+    return {Claim(row["id"], row["lease_token"]) for row in rows}
+
+
+def cancel_queued_of_model(connection: psycopg.Connection[Any], model: str) -> int:
+    """Cancel the queued jobs naming `model` (it is being pruned); returns how many."""
+    return len(
+        connection.execute(db.queries()["cancel_queued_model_jobs"], {"model": model}).fetchall()
+    )

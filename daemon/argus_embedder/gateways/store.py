@@ -105,19 +105,13 @@ def write(
 def _record_progress(
     connection: psycopg.Connection[Any], writes: Sequence[JobWrite], lease_seconds: float
 ) -> set[queue.Claim]:
-    """Every job's progress in one fenced statement; the claims whose lease is still ours."""
-    if not writes:
-        return set()
-    rows = connection.execute(
-        db.queries()["record_progress"],
-        {
-            **queue.fences([job_write.job for job_write in writes]),
-            "done": [len(job_write.results) for job_write in writes],
-            "failed": [job_write.failed for job_write in writes],
-            "lease_seconds": lease_seconds,
-        },
-    ).fetchall()
-    return {queue.Claim(row["id"], row["lease_token"]) for row in rows}
+    return queue.record_progress(
+        connection,
+        [job_write.job for job_write in writes],
+        done=[len(job_write.results) for job_write in writes],
+        failed=[job_write.failed for job_write in writes],
+        lease_seconds=lease_seconds,
+    )
 
 
 def _copy(

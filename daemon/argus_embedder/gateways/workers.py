@@ -15,7 +15,6 @@ from typing import Any
 import psycopg
 
 from argus_embedder import db
-from argus_embedder.services import periodic
 
 HEARTBEAT_SECONDS = 30.0
 SHOWN_SECONDS = 5 * HEARTBEAT_SECONDS  # status lists daemons seen this recently
@@ -40,27 +39,27 @@ def recent(connection: psycopg.Connection[Any], seconds: float = SHOWN_SECONDS) 
     return [WorkerInfo(**row) for row in rows]
 
 
-def task(worker_id: str, *, model: str, device: str, version: str) -> periodic.Task:
-    """Announce this daemon, keep its row fresh, and mark it stopped at the end."""
-    registration = _Registration(worker_id, model=model, device=device, version=version)
-    return periodic.Task(
-        "worker registry", HEARTBEAT_SECONDS, registration.run, on_stop=registration.stopped
+def seen(connection: psycopg.Connection[Any], worker_id: str) -> bool:
+    """Refresh this daemon's row; False when it has none (never announced, or forgotten)."""
+    return (
+        connection.execute(db.queries()["worker_seen"], {"worker_id": worker_id}).fetchone()
+        is not None
     )
 
 
-class _Registration:
-    def __init__(self, worker_id: str, *, model: str, device: str, version: str) -> None:
-        self.worker_id = worker_id
-        self.facts = {"model": model, "device": device, "version": version}
-        self.announced = False
+def announce(
+    connection: psycopg.Connection[Any], worker_id: str, *, model: str, device: str, version: str
+) -> None:
+    connection.execute(
+        db.queries()["worker_announce"],
+        {"worker_id": worker_id, "model": model, "device": device, "version": version},
+    )
 
-    def run(self, connection: psycopg.Connection[Any], stopping: periodic.Stopping) -> None:
-        q = db.queries()
-        seen = connection.execute(q["worker_seen"], {"worker_id": self.worker_id}).fetchone()
-        if seen is None or not self.announced:  # first round, or the row was forgotten
-            connection.execute(q["worker_announce"], {"worker_id": self.worker_id, **self.facts})
-            self.announced = True
-        connection.execute(q["workers_forget"], {"seconds": FORGET_SECONDS})
 
-    def stopped(self, connection: psycopg.Connection[Any]) -> None:
-        connection.execute(db.queries()["worker_stopped"], {"worker_id": self.worker_id})
+def stopped(connection: psycopg.Connection[Any], worker_id: str) -> None:
+    connection.execute(db.queries()["worker_stopped"], {"worker_id": worker_id})
+
+
+def forget(connection: psycopg.Connection[Any], seconds: float = FORGET_SECONDS) -> None:
+    """Delete the rows of daemons gone for `seconds` (hostname:pid ids pile up otherwise)."""
+    connection.execute(db.queries()["workers_forget"], {"seconds": seconds})

@@ -10,11 +10,9 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from argus_embedder import __version__, db, errors
-from argus_embedder.commands import status
-from argus_embedder.gateways import index, workers
 from argus_embedder.pipeline import preparing
 from argus_embedder.runtime import health, metrics, sdnotify, shutdown
-from argus_embedder.services import periodic, reconciler
+from argus_embedder.services import indexer, periodic, queue_gauges, reconciler, registry
 from argus_embedder.settings import Settings
 
 if TYPE_CHECKING:
@@ -53,10 +51,10 @@ def run(config: Settings, *, burst: bool = False) -> int:
                     on_beat=state.beat,
                     decode_processes=preparing.processes(config.decode_processes),
                 ) as loop,
-                periodic.service(url, [index.task(config.model)], stop=stop) as indexer,
+                periodic.service(url, [indexer.task(config.model)], stop=stop) as indexing,
                 periodic.service(url, _background(config, model), stop=stop) as background,
             ):
-                state.watch(loop.keeper, indexer, background)
+                state.watch(loop.keeper, indexing, background)
                 state.set_model_warm()
                 state.beat()
                 log.info(
@@ -101,13 +99,13 @@ def _background(config: Settings, model: Embedder) -> list[periodic.Task]:
     """The daemon's periodic work beside the loop: its registry row, the queue
     gauges and, unless ARGUS_RECONCILE_INTERVAL=0, the reconciler."""
     tasks = [
-        workers.task(
+        registry.task(
             config.worker_id,
             model=config.model,
             device=describe_device(config.device, model.device),
             version=__version__,
         ),
-        status.exporter(config),
+        queue_gauges.task(config),
     ]
     if config.reconcile_interval > 0:
         tasks.append(reconciler.task(config))

@@ -1,32 +1,23 @@
-"""Periodic passes on a daemon's background thread, and the fleet-wide ones among them.
-
-Some work belongs to the fleet, not to each daemon: the reconciler's scan and
-the queue-statistics snapshot should run once per interval however many
-daemons there are. A daemon claims the next run of such a pass in
-argus.fleet_passes (under a non-blocking advisory transaction lock, so
-claimers never queue behind each other): the claim succeeds only if the last
-run started at least an interval ago. Whoever gets there first does the work
-and records what it found; the others read that record. No leader, no
-session lock (works behind PgBouncer), and a daemon that dies mid-pass only
-delays the next run by an interval.
+"""Periodic tasks on a daemon's background service (the indexer, the reconciler, the
+queue gauges, the registry), each every `interval` seconds.
 
 `service()` drives a list of tasks on one supervised `lifecycle.Service` with
 its own connection, which it re-opens with backoff after a database restart.
+Tasks that belong to the fleet rather than to each daemon claim their run in
+argus.fleet_passes (gateways.passes) first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from argus_embedder import db, errors
 from argus_embedder.runtime import metrics
@@ -49,69 +40,6 @@ class Task:
     run: Callable[[psycopg.Connection[Any], Stopping], None]
     first_delay: float = 0.0
     on_stop: Callable[[psycopg.Connection[Any]], None] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class PassRecord:
-    """The last run of a fleet-wide pass: when, by whom, and what it found."""
-
-    name: str
-    started_at: datetime.datetime
-    finished_at: datetime.datetime | None
-    worker_id: str | None
-    result: dict[str, Any]
-    age_seconds: float | None  # since it finished; None while it runs
-
-
-# --- fleet-wide passes (argus.fleet_passes) --------------------------------------
-
-
-def claim(
-    connection: psycopg.Connection[Any], name: str, *, interval: float, worker_id: str
-) -> bool:
-    """Claim this interval's run of pass `name`; False if another daemon has it."""
-    q = db.queries()
-    due = connection.execute(q["pass_due"], {"name": name, "interval": interval}).fetchone()
-    if due is not None and not due["due"]:
-        return False
-    with connection.transaction():
-        locked = connection.execute(q["pass_try_lock"], {"name": name}).fetchone()
-        if not (locked and locked["locked"]):
-            return False
-        row = connection.execute(
-            q["pass_claim"],
-            {"name": name, "interval": interval, "worker_id": worker_id},
-        ).fetchone()
-    return row is not None
-
-
-def record(
-    connection: psycopg.Connection[Any],
-    name: str,
-    *,
-    worker_id: str,
-    result: Mapping[str, Any],
-) -> None:
-    """Store what this daemon's run of pass `name` found."""
-    connection.execute(
-        db.queries()["pass_record"],
-        {"name": name, "worker_id": worker_id, "result": Jsonb(dict(result))},
-    )
-
-
-def latest(connection: psycopg.Connection[Any], name: str) -> PassRecord | None:
-    row = connection.execute(db.queries()["pass_latest"], {"name": name}).fetchone()
-    return None if row is None else PassRecord(**row)
-
-
-def records(connection: psycopg.Connection[Any], prefix: str) -> list[PassRecord]:
-    """Every pass whose name starts with `prefix` (e.g. one reconciler per model)."""
-    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    rows = connection.execute(db.queries()["passes_like"], {"pattern": pattern}).fetchall()
-    return [PassRecord(**row) for row in rows]
-
-
-# --- the background thread ---------------------------------------------------------
 
 
 @contextlib.contextmanager

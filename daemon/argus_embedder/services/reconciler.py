@@ -24,12 +24,13 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 
 from argus_embedder import db
+from argus_embedder.gateways import passes, queue
 from argus_embedder.runtime import metrics
 from argus_embedder.services import periodic
 from argus_embedder.settings import Settings
@@ -99,7 +100,7 @@ def reconcile(
                 q["reconcile_missing"], {"low": low, "high": high, "model": model}
             ).fetchall()
             if rows:
-                added = enqueue_missing(
+                added = queue.enqueue_missing(
                     connection,
                     [row["video_id"] for row in rows],
                     model=model,
@@ -125,40 +126,6 @@ def reconcile(
     )
 
 
-def enqueue_missing(
-    connection: psycopg.Connection[Any],
-    video_ids: Sequence[str],
-    *,
-    model: str,
-    configured_model: str,
-    priority: int,
-    respect_failures: bool,
-    settle_seconds: float = 0.0,
-) -> list[str]:
-    """Enqueue a job naming `model` for each video not covered yet; returns those videos.
-
-    A queued or running job covers the video if it names `model`, or names no
-    model while `model` is `configured_model` (the daemons' own). With
-    `respect_failures`, a video whose latest finished job failed or was
-    cancelled waits for a newer frame or an operator's retry. A video with a frame
-    younger than `settle_seconds` waits too (its frame stage is still at it).
-    """
-    if not video_ids:
-        return []
-    rows = connection.execute(
-        db.queries()["enqueue_missing"],
-        {
-            "video_ids": list(video_ids),
-            "model": model,
-            "configured_model": configured_model,
-            "priority": priority,
-            "respect_failures": respect_failures,
-            "settle_seconds": settle_seconds,
-        },
-    ).fetchall()
-    return [row["video_id"] for row in rows]
-
-
 def run_pass(
     connection: psycopg.Connection[Any],
     model: str,
@@ -169,11 +136,11 @@ def run_pass(
 ) -> PassResult | None:
     """Claim this interval's pass for `model` and run it; None if another daemon has it."""
     name = pass_name(model)
-    if not periodic.claim(connection, name, interval=interval, worker_id=worker_id):
+    if not passes.claim(connection, name, interval=interval, worker_id=worker_id):
         return None
     settle = min(interval, SETTLE_SECONDS)
     result = reconcile(connection, model, settle_seconds=settle, stopping=stopping)
-    periodic.record(connection, name, worker_id=worker_id, result=result.as_json())
+    passes.record(connection, name, worker_id=worker_id, result=result.as_json())
     if result.enqueued or result.missing_frames:
         log.info(
             "reconciler: %d frame(s) of %d video(s) lack %s rows; enqueued %d job(s) (%.2fs)",
@@ -201,7 +168,7 @@ def task(config: Settings) -> periodic.Task:
             worker_id=config.worker_id,
             stopping=stopping,
         )
-        last = periodic.latest(connection, pass_name(config.model))
+        last = passes.latest(connection, pass_name(config.model))
         if last is not None and last.result.get("complete"):
             metrics.RECONCILER_MISSING.set(int(last.result.get("missing_frames", 0)))
 

@@ -1,66 +1,8 @@
--- Runtime SQL as named blocks, loaded once by argus_embedder.db.Queries.
--- A block runs from its "-- name:" line to the next one. Parameters only.
-
--- name: migrations_bootstrap
-CREATE SCHEMA IF NOT EXISTS argus;
-CREATE TABLE IF NOT EXISTS argus.schema_migrations (
-    version    integer     PRIMARY KEY,
-    name       text        NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-);
-
--- name: migrations_lock
-SELECT pg_advisory_lock(hashtext('argus-embedder:migrate'));
-
--- name: migrations_unlock
-SELECT pg_advisory_unlock(hashtext('argus-embedder:migrate'));
-
--- name: migrations_applied
-SELECT version FROM argus.schema_migrations ORDER BY version;
-
--- name: migrations_record
-INSERT INTO argus.schema_migrations (version, name) VALUES (%(version)s, %(name)s);
-
--- name: schema_version
-SELECT coalesce(max(version), 0) AS version FROM argus.schema_migrations;
-
--- name: ensure_model_index
--- The schema owner's (migrate): the index kind, the segment size.
-SELECT argus.ensure_model_index(%(model)s, %(dimension)s, %(kind)s, %(segment_rows)s)
-    AS partition_name;
-
--- name: register_model
--- What a daemon may call: registers a missing model, checks a registered one's dimension.
-SELECT argus.register_model(%(model)s, %(dimension)s) AS partition_name;
-
--- name: model_info
-SELECT model, dimension, index_kind, partition_name, segment_rows
-FROM argus.models WHERE model = %(model)s;
-
--- name: ensure_segments
-SELECT lower_bound FROM argus.ensure_segments(%(model)s, %(frame_ids)s) AS lower_bound;
-
--- name: sealed_segments
-SELECT lower_bound FROM argus.sealed_segments(%(model)s, make_interval(secs => %(quiet_seconds)s))
-    AS lower_bound;
-
--- name: index_segment
-SELECT argus.index_segment(%(model)s, %(lower_bound)s) AS index_name;
-
--- name: segment_report
-SELECT s.lower_bound, s.upper_bound, s.index_name, s.indexed_at
-FROM argus.segments s WHERE s.model = %(model)s ORDER BY s.lower_bound;
+-- argus.embedding_jobs: every statement that writes it, and the queue's reads.
+-- Its one gateway is argus_embedder.gateways.queue.
 
 -- name: enqueue_job
 SELECT argus.enqueue_embedding_job(%(video_id)s, model => %(model)s, priority => %(priority)s) AS id;
-
--- name: video_has_frames
-SELECT EXISTS (SELECT 1 FROM argus.frames WHERE video_id = %(video_id)s) AS found;
-
--- name: insert_frame
-INSERT INTO argus.frames (video_id, project_id, frame_index, timestamp_ms, image_uri)
-VALUES (%(video_id)s, %(project_id)s, %(frame_index)s, %(timestamp_ms)s, %(image_uri)s)
-ON CONFLICT (video_id, frame_index) DO NOTHING;
 
 -- name: claim_jobs
 -- Takes claimable jobs: running ones whose lease expired first (their worker
@@ -187,10 +129,6 @@ FROM unnest(%(job_ids)s::bigint[], %(lease_tokens)s::uuid[],
 WHERE j.id = p.id AND j.lease_token = p.token AND j.status = 'running'
 RETURNING j.id, j.lease_token;
 
--- name: copy_embeddings
-COPY argus.frame_embeddings (frame_id, model, embedding, error, preprocessing)
-FROM STDIN (FORMAT BINARY);
-
 -- name: renew_leases
 UPDATE argus.embedding_jobs
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s), updated_at = now()
@@ -306,33 +244,54 @@ SELECT id, video_id, model, worker_id, attempts, frames_total, frames_done, fram
        extract(epoch FROM lease_expires_at - now())::double precision AS lease_left_seconds
 FROM argus.embedding_jobs WHERE status = 'running' ORDER BY started_at, id;
 
--- name: search_frames
-SELECT frame_id, video_id, frame_index, timestamp_ms, image_uri, score
-FROM argus.search_frames(%(model)s, %(query)s, %(limit)s, %(video_id)s, %(project_id)s);
+-- name: cancel_queued_model_jobs
+-- Queued jobs naming a pruned model would wait forever (and page someone).
+UPDATE argus.embedding_jobs
+SET status = 'cancelled', finished_at = now(), updated_at = now(),
+    last_error = 'model pruned'
+WHERE status = 'queued' AND model = %(model)s
+RETURNING id;
 
--- name: existing_embeddings
-SELECT frame_id FROM argus.frame_embeddings
-WHERE model = %(model)s AND frame_id = ANY(%(frame_ids)s);
-
--- name: listen
-LISTEN argus_embedding_jobs;
-
--- name: models
-SELECT model, dimension, index_kind, partition_name, segment_rows FROM argus.models ORDER BY model;
-
--- name: session_timeouts
--- A worker frozen inside a transaction (SIGSTOP, a hung host) must not keep a
--- job's row locked, or SKIP LOCKED would skip that job for as long as it lives.
-SELECT set_config('idle_in_transaction_session_timeout', %(timeout)s, false);
-
--- name: ping
-SELECT 1 AS ok;
-
--- name: demo_drop_database
-DROP DATABASE IF EXISTS argus_demo WITH (FORCE);
-
--- name: demo_create_database
-CREATE DATABASE argus_demo;
-
--- name: frames_embedded
-SELECT count(*) AS done FROM argus.frame_embeddings WHERE model = %(model)s;
+-- name: enqueue_missing
+-- A job naming `model` for each of `video_ids`, except videos that already
+-- have a queued or running job covering the model (a NULL-model job covers
+-- the daemons' configured model) and, with `respect_failures`, videos whose
+-- latest finished job for the model failed or was cancelled and that got no
+-- frame since that job started: those wait for `retry ID` or new frames, so a
+-- video that always fails is not re-enqueued every pass. A video with a frame
+-- younger than `settle_seconds` is left for later: its frame stage is most
+-- likely still inserting it, and will enqueue it itself. The video must still
+-- lack a row in this statement's snapshot: a job completes in the same
+-- transaction as its last rows, so one that finished since the caller looked
+-- is seen here either as running or with its rows, never as neither.
+INSERT INTO argus.embedding_jobs (video_id, model, priority)
+SELECT v.video_id, %(model)s, %(priority)s
+FROM unnest(%(video_ids)s::text[]) AS v (video_id)
+WHERE EXISTS (
+        SELECT 1 FROM argus.frames f
+        WHERE f.video_id = v.video_id
+          AND NOT EXISTS (SELECT 1 FROM argus.frame_embeddings e
+                          WHERE e.frame_id = f.id AND e.model = %(model)s))
+  AND NOT EXISTS (
+        SELECT 1 FROM argus.embedding_jobs j
+        WHERE j.video_id = v.video_id AND j.status IN ('queued', 'running')
+          AND (j.model = %(model)s OR (j.model IS NULL AND %(model)s = %(configured_model)s)))
+  AND NOT EXISTS (
+        SELECT 1 FROM argus.frames f
+        WHERE f.video_id = v.video_id
+          AND f.created_at > now() - make_interval(secs => %(settle_seconds)s))
+  AND NOT (%(respect_failures)s AND EXISTS (
+        SELECT 1
+        FROM (SELECT j.status, coalesce(j.started_at, j.created_at) AS since
+              FROM argus.embedding_jobs j
+              WHERE j.video_id = v.video_id AND j.finished_at IS NOT NULL
+                AND (j.model = %(model)s
+                     OR (j.model IS NULL AND %(model)s = %(configured_model)s))
+              ORDER BY j.finished_at DESC, j.id DESC
+              LIMIT 1) latest
+        WHERE latest.status IN ('failed', 'cancelled')
+          AND NOT EXISTS (SELECT 1 FROM argus.frames f
+                          WHERE f.video_id = v.video_id AND f.created_at > latest.since)))
+ORDER BY v.video_id
+ON CONFLICT DO NOTHING
+RETURNING id, video_id;

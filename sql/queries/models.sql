@@ -1,0 +1,43 @@
+-- argus.models and argus.segments: registration, segments, index builds and
+-- drops, all through SECURITY DEFINER functions (argus_embedder.gateways.index).
+
+-- name: ensure_model_index
+-- The schema owner's (migrate): the index kind, the segment size.
+SELECT argus.ensure_model_index(%(model)s, %(dimension)s, %(kind)s, %(segment_rows)s)
+    AS partition_name;
+
+-- name: register_model
+-- What a daemon may call: registers a missing model, checks a registered one's dimension.
+SELECT argus.register_model(%(model)s, %(dimension)s) AS partition_name;
+
+-- name: model_info
+SELECT model, dimension, index_kind, partition_name, segment_rows
+FROM argus.models WHERE model = %(model)s;
+
+-- name: ensure_segments
+SELECT lower_bound FROM argus.ensure_segments(%(model)s, %(frame_ids)s) AS lower_bound;
+
+-- name: sealed_segments
+SELECT lower_bound FROM argus.sealed_segments(%(model)s, make_interval(secs => %(quiet_seconds)s))
+    AS lower_bound;
+
+-- name: index_segment
+SELECT argus.index_segment(%(model)s, %(lower_bound)s) AS index_name;
+
+-- name: segment_report
+SELECT s.lower_bound, s.upper_bound, s.index_name, s.indexed_at
+FROM argus.segments s WHERE s.model = %(model)s ORDER BY s.lower_bound;
+
+-- name: models
+SELECT model, dimension, index_kind, partition_name, segment_rows FROM argus.models ORDER BY model;
+
+-- name: prune_lock_timeout
+-- Dropping a model's partition takes an ACCESS EXCLUSIVE lock on
+-- argus.frame_embeddings for a moment: wait at most this long for it, so the
+-- drop never queues in front of searches and writes behind a long query.
+SELECT set_config('lock_timeout', %(timeout)s, true) AS lock_timeout;
+
+-- name: unregister_model
+-- The model's vectors and registration: its partition (all segments and their
+-- indexes) goes at once, through the schema owner's definer function.
+SELECT argus.drop_model(%(model)s) AS dropped;
