@@ -154,7 +154,7 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
         )
     except psycopg.OperationalError as error:
         raise errors.ArgusError(
-            f"cannot connect to PostgreSQL at {redact_url(url)}: {_first_line(error)}"
+            f"cannot connect to PostgreSQL at {redact_url(url)}: {errors.first_line(error)}"
         ) from error
     if vector:
         try:
@@ -212,11 +212,6 @@ def pool(
     )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def _not_migrated() -> errors.ConfigError:
     return errors.ConfigError(
         "the database is not migrated (schema argus or extension vector missing): "
@@ -272,7 +267,7 @@ def migrate(url: str) -> list[Migration]:
         except psycopg.errors.InsufficientPrivilege as error:
             raise errors.ConfigError(
                 f"migrate needs a role that may create schemas, extensions and roles: "
-                f"{_first_line(error)}"
+                f"{errors.first_line(error)}"
             ) from error
         finally:
             connection.execute(q["migrations_unlock"])

@@ -34,10 +34,16 @@ class TransientError(ArgusError):
     """A fault worth retrying (S3 5xx, timeouts, connection resets)."""
 
 
-def first_line(error: BaseException) -> str:
-    """The first non-empty line of an error's message (its type name when it has none):
-    what a log line or a job's last_error shows of a multi-line library error."""
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first non-empty line of an error's message (its type name when it has none),
+    cut to `limit` characters: what a log line or a message shows of a multi-line
+    library error."""
     for line in str(error).splitlines():
         if line.strip():
-            return line.strip()
+            return line.strip()[:limit]
     return type(error).__name__
+
+
+def describe(error: BaseException, limit: int | None = None) -> str:
+    """`Type: first line`, as a job's last_error or a ConfigError shows an exception."""
+    return f"{type(error).__name__}: {first_line(error, limit)}"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from psycopg.rows import class_row
 
 from argus_embedder import db, errors
 from argus_embedder.commands import common
@@ -38,23 +39,21 @@ def search(
     project_id: str | None = None,
 ) -> list[Hit]:
     """The `limit` frames closest (cosine) to the unit vector `query`, best first."""
+    parameters = {
+        "model": model,
+        "query": query,
+        "limit": limit,
+        "video_id": video_id,
+        "project_id": project_id,
+    }
     try:
-        rows = connection.execute(
-            db.queries()["search_frames"],
-            {
-                "model": model,
-                "query": query,
-                "limit": limit,
-                "video_id": video_id,
-                "project_id": project_id,
-            },
-        ).fetchall()
+        with connection.cursor(row_factory=class_row(Hit)) as cursor:
+            return cursor.execute(db.queries()["search_frames"], parameters).fetchall()
     except psycopg.errors.NoDataFound as error:
         raise errors.UserInputError(
             f"model {model!r} has no embeddings in this database "
             "(run `argus-embedder migrate --model MODEL` and embed some frames)"
         ) from error
-    return [Hit(**row) for row in rows]
 
 
 def main(args: argparse.Namespace, config: Settings) -> int:

@@ -247,7 +247,7 @@ def watch(
                 if connection is not None:
                     connection.close()
                 connection = None
-                text = f"database unavailable: {str(error).strip().splitlines()[0]}"
+                text = f"database unavailable: {errors.first_line(error)}"
             if as_json:
                 out.write(text + "\n")
             else:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 
 from argus_embedder import db, errors
 
@@ -38,8 +39,8 @@ class ModelInfo:
 
 
 def info(connection: psycopg.Connection[Any], model: str) -> ModelInfo | None:
-    row = connection.execute(db.queries()["model_info"], {"model": model}).fetchone()
-    return None if row is None else ModelInfo(**row)
+    with connection.cursor(row_factory=class_row(ModelInfo)) as cursor:
+        return cursor.execute(db.queries()["model_info"], {"model": model}).fetchone()
 
 
 def register(
@@ -96,7 +97,7 @@ def _register(connection: psycopg.Connection[Any], block: str, params: dict[str,
         with connection.transaction():
             connection.execute(db.queries()[block], params)
     except psycopg.errors.InvalidParameterValue as error:
-        raise errors.ConfigError(str(error).splitlines()[0]) from error
+        raise errors.ConfigError(errors.first_line(error)) from error
 
 
 class Segments:

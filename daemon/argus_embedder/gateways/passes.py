@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from argus_embedder import db
@@ -69,12 +70,12 @@ def record(
 
 
 def latest(connection: psycopg.Connection[Any], name: str) -> PassRecord | None:
-    row = connection.execute(db.queries()["pass_latest"], {"name": name}).fetchone()
-    return None if row is None else PassRecord(**row)
+    with connection.cursor(row_factory=class_row(PassRecord)) as cursor:
+        return cursor.execute(db.queries()["pass_latest"], {"name": name}).fetchone()
 
 
 def records(connection: psycopg.Connection[Any], prefix: str) -> list[PassRecord]:
     """Every pass whose name starts with `prefix` (e.g. one reconciler per model)."""
     pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    rows = connection.execute(db.queries()["passes_like"], {"pattern": pattern}).fetchall()
-    return [PassRecord(**row) for row in rows]
+    with connection.cursor(row_factory=class_row(PassRecord)) as cursor:
+        return cursor.execute(db.queries()["passes_like"], {"pattern": pattern}).fetchall()

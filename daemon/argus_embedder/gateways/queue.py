@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from argus_embedder import db
+from argus_embedder import db, errors
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Queue:
                 # Twin jobs of one (video, model) enqueued under NULL and an explicit
                 # model, claimed at once by two workers: the one-running index stops
                 # the second. Nothing is lost; the twin runs after the first finishes.
-                log.info("claim skipped a twin job: %s", str(error).splitlines()[0])
+                log.info("claim skipped a twin job: %s", errors.first_line(error))
                 return []
             jobs = self._jobs(rows)
             # Each such pass fails at least one job for good, so this ends.

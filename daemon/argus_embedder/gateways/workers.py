@@ -13,6 +13,7 @@ import datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 
 from argus_embedder import db
 
@@ -35,8 +36,8 @@ class WorkerInfo:
 
 def recent(connection: psycopg.Connection[Any], seconds: float = SHOWN_SECONDS) -> list[WorkerInfo]:
     """Daemons seen within `seconds`, stopped ones included (they say so)."""
-    rows = connection.execute(db.queries()["status_workers"], {"seconds": seconds}).fetchall()
-    return [WorkerInfo(**row) for row in rows]
+    with connection.cursor(row_factory=class_row(WorkerInfo)) as cursor:
+        return cursor.execute(db.queries()["status_workers"], {"seconds": seconds}).fetchall()
 
 
 def seen(connection: psycopg.Connection[Any], worker_id: str) -> bool:

@@ -253,7 +253,7 @@ def load_text_encoder(model: str, device: str = "auto") -> TextEncoder:
             tokenizer = transformers.AutoTokenizer.from_pretrained(model)
     except Exception as error:
         raise errors.ConfigError(
-            f"model {model!r}: tokenizer not loadable: {_line(error)}"
+            f"model {model!r}: tokenizer not loadable: {errors.describe(error, 300)}"
         ) from None
     text_config = config.text_config
     dimension = int(getattr(text_config, "projection_size", None) or text_config.hidden_size)
@@ -336,7 +336,9 @@ def _load_config(model: str) -> Any:
         with quiet_transformers():
             return transformers.AutoConfig.from_pretrained(model)
     except Exception as error:
-        raise errors.ConfigError(f"model {model!r} is not loadable: {_line(error)}") from None
+        raise errors.ConfigError(
+            f"model {model!r} is not loadable: {errors.describe(error, 300)}"
+        ) from None
 
 
 def _family(config: Any, model: str) -> Family:
@@ -359,7 +361,9 @@ def _load_weights(model_class: Any, model: str, dtype: torch.dtype) -> torch.nn.
         with quiet_transformers():
             tower, info = model_class.from_pretrained(model, dtype=dtype, output_loading_info=True)
     except Exception as error:
-        raise errors.ConfigError(f"model {model!r}: weights not loadable: {_line(error)}") from None
+        raise errors.ConfigError(
+            f"model {model!r}: weights not loadable: {errors.describe(error, 300)}"
+        ) from None
     # The other tower's weights are expected leftovers; a missing key would mean random ones.
     missing = sorted(info.get("missing_keys", ()))
     if missing:
@@ -379,7 +383,7 @@ def _load_recipe(model: str, family: Family) -> Recipe:
             processor = auto_processor.from_pretrained(model)
     except Exception as error:
         raise errors.ConfigError(
-            f"model {model!r}: image processor not loadable: {_line(error)}"
+            f"model {model!r}: image processor not loadable: {errors.describe(error, 300)}"
         ) from None
     if getattr(processor, "do_center_crop", False):
         raise errors.ConfigError(f"model {model!r}: center-crop preprocessing is not supported")
@@ -471,11 +475,3 @@ def quiet_transformers() -> Iterator[None]:
             utils_logging.set_verbosity(verbosity)
             if bars:
                 utils_logging.enable_progress_bar()
-
-
-def _line(error: BaseException) -> str:
-    """The first non-empty line of an error, so a ConfigError stays one line."""
-    for line in str(error).splitlines():
-        if line.strip():
-            return f"{type(error).__name__}: {line.strip()[:300]}"
-    return type(error).__name__

@@ -69,7 +69,7 @@ class Endings:
             job = entry.job
             try:
                 if failure is not None:
-                    self.fail(job, f"stopped by an unexpected error: {describe(failure)}")
+                    self.fail(job, f"stopped by an unexpected error: {errors.describe(failure)}")
                     continue
                 with self._pool.connection() as connection:
                     released = self._queue.release(connection, job)
@@ -78,8 +78,3 @@ class Endings:
                 log.warning("job %s: could not settle (%s)", job.id, errors.first_line(error))
                 released = False
             self.ended(job.claim, Outcome.RELEASED if released else Outcome.LOST)
-
-
-def describe(error: BaseException) -> str:
-    """`Type: first line`, as a job's last_error shows an exception."""
-    return f"{type(error).__name__}: {errors.first_line(error)}"

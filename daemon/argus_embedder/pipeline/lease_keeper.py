@@ -18,7 +18,7 @@ import psycopg_pool
 from argus_embedder import errors
 from argus_embedder.gateways.queue import Queue
 from argus_embedder.pipeline.endings import Endings
-from argus_embedder.pipeline.ledger import Ledger, Outcome
+from argus_embedder.pipeline.ledger import Ledger, Outcome, Phase
 from argus_embedder.services import lifecycle
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,15 @@ def service(
             log.warning("lease renewal failed: %s", errors.first_line(error))
             return
         for job in jobs:
-            if job.claim not in held:
-                log.warning("job %s: lease lost (cancelled or reclaimed)", job.id)
-                endings.ended(job.claim, Outcome.LOST, "lease lost")
+            if job.claim in held:
+                continue
+            entry = ledger.get(job.claim)
+            if entry is not None and entry.phase is Phase.WRITING:
+                # Its last write is in flight and may just have completed it: the
+                # write's own fence says which (completed, or lost).
+                continue
+            log.warning("job %s: lease lost (cancelled or reclaimed)", job.id)
+            endings.ended(job.claim, Outcome.LOST, "lease lost")
 
     return lifecycle.Service(
         "lease-keeper", renew, interval=interval, first_delay=interval, max_failures=MAX_FAILURES

@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
+from argus_embedder import errors
 from argus_embedder.gateways import index, store
-from argus_embedder.pipeline.endings import describe
 from argus_embedder.runtime import metrics
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Writer:
     ) -> store.Outcome:
         """The outcome of a claim whose rows the database refused, naming the frame when
         one alone is refused (each tried in a transaction that is rolled back)."""
-        reason = describe(error)
+        reason = errors.describe(error)
         for result in job_write.results:
             try:
                 # Segments are created for real: a rolled-back one would stay in the cache.
@@ -136,6 +136,8 @@ class Writer:
                         lease_seconds=self._lease_seconds,
                     )
             except REFUSED as frame_error:
-                reason = f"frame {result.frame_id} cannot be written: {describe(frame_error)}"
+                reason = (
+                    f"frame {result.frame_id} cannot be written: {errors.describe(frame_error)}"
+                )
                 break
         return store.Outcome(refused={job_write.job.claim: f"write refused: {reason}"})

@@ -159,16 +159,22 @@ def _save_model(
     model.save_pretrained(directory)
 
 
+# What SigLIP checkpoints' processors do to pixels: bilinear resize, /255, mean=std=0.5.
+_PIXELS: dict[str, Any] = {
+    "resample": BILINEAR,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": HALF,
+    "image_std": HALF,
+}
+
+
 def _fixed_image_processor(size: int) -> Any:
     return transformers.SiglipImageProcessorPil(
         do_resize=True,
         size={"height": size, "width": size},
-        resample=BILINEAR,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=HALF,
-        image_std=HALF,
+        **_PIXELS,
     )
 
 
@@ -176,12 +182,7 @@ def _naflex_image_processor(patch_size: int, max_num_patches: int) -> Any:
     return transformers.Siglip2ImageProcessorPil(
         patch_size=patch_size,
         max_num_patches=max_num_patches,
-        resample=BILINEAR,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=HALF,
-        image_std=HALF,
+        **_PIXELS,
     )
 
 
