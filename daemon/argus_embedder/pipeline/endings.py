@@ -14,6 +14,7 @@ import psycopg
 import psycopg_pool
 
 from argus_embedder import errors
+from argus_embedder.gateways import store
 from argus_embedder.gateways.queue import Claim, Job, Queue
 from argus_embedder.pipeline.ledger import Ledger, Outcome
 from argus_embedder.runtime import metrics
@@ -56,6 +57,18 @@ class Endings:
             self.ended(job.claim, Outcome.LOST, "its lease was gone when it failed")
         else:
             self.ended(job.claim, Outcome.FAILED if status == "failed" else Outcome.RETRIED)
+
+    def written(self, outcome: store.Outcome) -> None:
+        """A write settled: its refused claims fail, its lost ones end, its last rows
+        complete their jobs."""
+        for claim, error in outcome.refused.items():
+            entry = self._ledger.get(claim)
+            if entry is not None:
+                self.fail(entry.job, error)
+        for claim in outcome.lost:
+            self.ended(claim, Outcome.LOST, "lease lost")
+        for claim in outcome.completed:
+            self.ended(claim, Outcome.SUCCEEDED)
 
     def settle_held(self, failure: BaseException | None) -> None:
         """The stream stopped: end every claim still held.

@@ -85,6 +85,15 @@ def start(storage: Storage, prepare: Prepare, *, processes: int, threads: int) -
     return ThreadPreparer(storage, prepare, threads)
 
 
+def for_embedder(storage: Storage, embedder: Any, *, processes: int, threads: int) -> Preparer:
+    """The preparer a worker uses for `embedder`. Threads call the embedder's own
+    prepare (stand-ins in tests override it); processes need one that pickles: its
+    recipe's."""
+    prepare = embedder.recipe.prepare if processes else embedder.prepare
+    log.info("fetch and decode: %s", describe(processes, threads))
+    return start(storage, prepare, processes=processes, threads=threads)
+
+
 def describe(processes: int, threads: int) -> str:
     """How `start(..., processes=processes, threads=threads)` decodes, in words."""
     if processes > 0:

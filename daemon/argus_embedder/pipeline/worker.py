@@ -29,7 +29,7 @@ from argus_embedder.gateways.queue import Queue
 from argus_embedder.pipeline import inference, lease_keeper, preparing
 from argus_embedder.pipeline.endings import Endings
 from argus_embedder.pipeline.inference import EmbedderLike
-from argus_embedder.pipeline.ledger import Ledger, Outcome
+from argus_embedder.pipeline.ledger import Ledger
 from argus_embedder.pipeline.storage import Storage
 from argus_embedder.pipeline.stream import Item, Stream
 from argus_embedder.pipeline.wakeup import Wakeup
@@ -89,7 +89,9 @@ class Worker:
                 idle_in_transaction=self.settings.lease_seconds,
             )
         )
-        preparer = self._start_preparer()
+        preparer = preparing.for_embedder(
+            self.storage, self.embedder, processes=self._decode_processes, threads=self._threads
+        )
         stack.callback(preparer.close)
         with pool.connection() as connection:
             # Registers the model (its partition) unless `migrate --model` did.
@@ -137,14 +139,6 @@ class Worker:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
-
-    def _start_preparer(self) -> preparing.Preparer:
-        # Threads call the embedder's own prepare (stand-ins in tests override it);
-        # processes need one that pickles: the recipe's.
-        processes = self._decode_processes
-        prepare = self.embedder.recipe.prepare if processes else self.embedder.prepare
-        log.info("fetch and decode: %s", preparing.describe(processes, self._threads))
-        return preparing.start(self.storage, prepare, processes=processes, threads=self._threads)
 
     @property
     def parts(self) -> _Parts:
@@ -246,20 +240,11 @@ class Worker:
         return False
 
     def _settle_write(self) -> bool:
-        """Account for the write in flight, if any: refused, lost and completed claims."""
+        """Account for the write in flight, if any; False when there was none."""
         outcome = self.parts.writer.settle()
-        if outcome is None:
-            return False
-        endings = self.parts.endings
-        for claim, error in outcome.refused.items():
-            entry = self.ledger.get(claim)
-            if entry is not None:
-                endings.fail(entry.job, error)
-        for claim in outcome.lost:
-            endings.ended(claim, Outcome.LOST, "lease lost")
-        for claim in outcome.completed:
-            endings.ended(claim, Outcome.SUCCEEDED)
-        return True
+        if outcome is not None:
+            self.parts.endings.written(outcome)
+        return outcome is not None
 
     def _stop_stream(self, failure: BaseException | None) -> None:
         """Drop the frames left, let the write in flight land, and end every claim held:
