@@ -1,0 +1,108 @@
+"""The package's dependency direction (DESIGN §1): cli → commands → {pipeline, services,
+runtime} → gateways → db, settings, errors; the daemon never imports bench, testing or
+commands; gateways never import torch; fetch and decode never touch the database."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import argus_embedder
+
+PACKAGE = Path(argus_embedder.__file__).parent
+CORE = {"db", "settings", "errors", "__version__"}
+# What each layer may import besides the core and itself. Two helpers cross the
+# line on purpose: the metrics registry (declared once) and the lifecycle of every
+# background thread.
+ALLOWED = {
+    "cli": {"commands"},
+    "commands": {"pipeline", "services", "runtime", "gateways", "bench", "testing"},
+    "runtime": {"pipeline", "services", "gateways"},
+    "pipeline": {"gateways", "services.lifecycle", "runtime.metrics"},
+    "services": {"gateways", "runtime.metrics"},
+    "gateways": set(),
+    "bench": {"commands.search", "gateways", "pipeline", "services", "testing"},
+    "testing": {"pipeline.embedder"},
+    "core": set(),
+}
+
+
+def _layer(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if len(parts) > 1:
+        return parts[0]
+    return "core" if parts[0] in CORE else parts[0]
+
+
+def _imports(tree: ast.Module) -> set[str]:
+    """argus_embedder modules (dotted, without the package) that a module imports."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or not node.module:
+            continue
+        if node.module == "argus_embedder":
+            found.update(alias.name for alias in node.names)
+        elif node.module.startswith("argus_embedder."):
+            base = node.module.removeprefix("argus_embedder.")
+            package = PACKAGE / base.replace(".", "/")
+            if package.is_dir():  # `from argus_embedder.gateways import queue`
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+            else:
+                found.add(base)
+    return found
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        layer = _layer(path)
+        if layer in ("__init__", "__main__", "sql"):
+            continue
+        allowed = ALLOWED[layer] | {layer}
+        for target in _imports(ast.parse(path.read_text())):
+            top = target.split(".")[0]
+            if top in CORE or top == layer:
+                continue
+            if not any(target == rule or target.startswith(rule + ".") for rule in allowed):
+                wrong.append(f"{path.relative_to(PACKAGE)} ({layer}) imports {target}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _loaded_after(code: str) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(result.stdout.split())
+
+
+def test_the_daemon_loads_no_command_bench_or_test_model() -> None:
+    loaded = _loaded_after(
+        "import argus_embedder.runtime.daemon, argus_embedder.pipeline.worker, "
+        "argus_embedder.services.reconciler, argus_embedder.services.queue_gauges"
+    )
+    strays = sorted(
+        name
+        for name in loaded
+        if name.startswith(("argus_embedder.bench", "argus_embedder.testing"))
+        or name.startswith(("argus_embedder.commands", "argus_embedder.cli"))
+    )
+    assert strays == []
+
+
+def test_gateways_never_load_torch_and_decoding_never_loads_the_database_driver() -> None:
+    gateways = _loaded_after(
+        "import argus_embedder.gateways.queue, argus_embedder.gateways.store, "
+        "argus_embedder.gateways.index, argus_embedder.gateways.frames, "
+        "argus_embedder.gateways.passes, argus_embedder.gateways.workers"
+    )
+    assert "torch" not in gateways
+    decoding = _loaded_after(
+        "import argus_embedder.pipeline.images, argus_embedder.pipeline.recipe, "
+        "argus_embedder.pipeline.storage"
+    )
+    assert "psycopg" not in decoding and "torch" not in decoding
