@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--limit", type=int, default=10)
     sub.add_argument("--video", default=None)
     sub.add_argument("--project", default=None)
+    sub.add_argument(
+        "--by",
+        choices=("frame", "video"),
+        default="frame",
+        help="video: hits grouped per video into moments; --limit then counts videos",
+    )
     sub.add_argument("--json", action="store_true")
 
     sub = add("cancel", "cancel a queued or running job")

@@ -18,3 +18,31 @@ SELECT count(*) AS done FROM argus.frame_embeddings WHERE model = %(model)s;
 
 -- name: model_rows
 SELECT count(*) AS with_row FROM argus.frame_embeddings WHERE model = %(model)s;
+
+-- name: moment_frames
+-- `search --by video` (commands/moments.py): the candidate frames that search_frames
+-- returned and the frames right before and after each in its video (frame_index
+-- ± 1), with the cosine similarity of each one's vector to the previous frame's
+-- (NULL where that frame or its vector is missing). Only these rows, never a scan
+-- of a video: per candidate one range probe of frames' UNIQUE (video_id,
+-- frame_index) index, then per row a primary-key probe of the model's partition
+-- for its vector and one (video_id, frame_index) + primary-key probe for the
+-- previous frame's.
+SELECT f.id AS frame_id, f.video_id, f.project_id, f.frame_index, f.timestamp_ms,
+       f.image_uri, 1 - (e.embedding <=> previous_embedding.embedding) AS previous_similarity
+FROM (
+    SELECT DISTINCT neighbour.id
+    FROM argus.frames candidate
+    JOIN argus.frames neighbour
+      ON neighbour.video_id = candidate.video_id
+     AND neighbour.frame_index BETWEEN candidate.frame_index - 1 AND candidate.frame_index + 1
+    WHERE candidate.id = ANY(%(frame_ids)s)
+) AS wanted
+JOIN argus.frames f ON f.id = wanted.id
+JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = %(model)s
+LEFT JOIN argus.frames previous_frame
+  ON previous_frame.video_id = f.video_id AND previous_frame.frame_index = f.frame_index - 1
+LEFT JOIN argus.frame_embeddings previous_embedding
+  ON previous_embedding.frame_id = previous_frame.id AND previous_embedding.model = %(model)s
+WHERE e.embedding IS NOT NULL
+ORDER BY f.video_id, f.frame_index;

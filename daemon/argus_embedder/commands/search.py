@@ -57,8 +57,10 @@ def search(
 
 
 def main(args: argparse.Namespace, config: Settings) -> int:
-    """`argus-embedder search "text" | --image PATH [--limit K] [--video V] [--project P]`."""
-    from argus_embedder.pipeline import embedder
+    """`argus-embedder search "text" | --image PATH [--limit K] [--video V] [--project P]
+    [--by frame|video] [--json]`."""
+    # moments builds on search(): imported here, not at the top, to keep the import one-way
+    from argus_embedder.commands import moments
 
     if (args.text is None) == (args.image is None):
         raise errors.UserInputError("give either a search text or --image PATH")
@@ -68,27 +70,18 @@ def main(args: argparse.Namespace, config: Settings) -> int:
         raise errors.UserInputError("search text is longer than 10000 characters")
     with common.connect(config) as connection:
         _check_searchable(connection, config.model)
-    if args.image is not None:
-        image_embedder = embedder.load_embedder(config.model, config.device, config.batch_size)
-        try:
-            data = Path(args.image).read_bytes()
-        except OSError as error:
-            raise errors.UserInputError(f"{args.image}: {error.strerror}") from error
-        try:
-            query = image_embedder.embed([image_embedder.prepare(data)])[0]
-        except errors.FrameError as error:
-            raise errors.UserInputError(f"{args.image}: {error}") from error
-    else:
-        query = embedder.load_text_encoder(config.model, config.device).embed_texts([args.text])[0]
+    query = _query_vector(args, config)
+    filters = {"limit": args.limit, "video_id": args.video, "project_id": args.project}
+    if args.by == "video":
+        with common.connect(config) as connection:
+            found = moments.search_videos(connection, config.model, query, **filters)
+        if args.json:
+            print(json.dumps([dataclasses.asdict(video) for video in found.videos], indent=2))
+        else:
+            moments.print_videos(found.videos)
+        return 0
     with common.connect(config) as connection:
-        hits = search(
-            connection,
-            config.model,
-            query,
-            limit=args.limit,
-            video_id=args.video,
-            project_id=args.project,
-        )
+        hits = search(connection, config.model, query, **filters)
     if args.json:
         print(json.dumps([hit.__dict__ for hit in hits], indent=2))
         return 0
@@ -100,6 +93,27 @@ def main(args: argparse.Namespace, config: Settings) -> int:
             f"{hit.image_uri}"
         )
     return 0
+
+
+def _query_vector(args: argparse.Namespace, config: Settings) -> npt.NDArray[np.float32]:
+    """The search text's vector, or --image's, with the configured model."""
+    from argus_embedder.pipeline import embedder
+
+    vector: npt.NDArray[np.float32]
+    if args.image is None:
+        encoder = embedder.load_text_encoder(config.model, config.device)
+        vector = encoder.embed_texts([args.text])[0]
+        return vector
+    image_embedder = embedder.load_embedder(config.model, config.device, config.batch_size)
+    try:
+        data = Path(args.image).read_bytes()
+    except OSError as error:
+        raise errors.UserInputError(f"{args.image}: {error.strerror}") from error
+    try:
+        vector = image_embedder.embed([image_embedder.prepare(data)])[0]
+    except errors.FrameError as error:
+        raise errors.UserInputError(f"{args.image}: {error}") from error
+    return vector
 
 
 def _check_searchable(connection: psycopg.Connection[Any], model: str) -> None:
