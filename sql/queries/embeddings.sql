@@ -21,13 +21,13 @@ SELECT count(*) AS with_row FROM argus.frame_embeddings WHERE model = %(model)s;
 
 -- name: moment_frames
 -- `search --by video` (commands/moments.py): the candidate frames that search_frames
--- returned and the frames right before and after each in its video (frame_index
--- ± 1), with the cosine similarity of each one's vector to the previous frame's
--- (NULL where that frame or its vector is missing). Only these rows, never a scan
--- of a video: per candidate one range probe of frames' UNIQUE (video_id,
--- frame_index) index, then per row a primary-key probe of the model's partition
--- for its vector and one (video_id, frame_index) + primary-key probe for the
--- previous frame's.
+-- returned and the frames within %(reach)s frame_index steps of each in its video,
+-- with the cosine similarity of each one's vector to the previous frame's (NULL
+-- where that frame or its vector is missing). At most (2 reach + 1) rows per
+-- candidate, fewer where windows overlap, never a scan of a video: per candidate one
+-- range probe of frames' UNIQUE (video_id, frame_index) index, then per row a
+-- primary-key probe of the model's partition for its vector and one (video_id,
+-- frame_index) + primary-key probe for the previous frame's.
 SELECT f.id AS frame_id, f.video_id, f.project_id, f.frame_index, f.timestamp_ms,
        f.image_uri, 1 - (e.embedding <=> previous_embedding.embedding) AS previous_similarity
 FROM (
@@ -35,7 +35,8 @@ FROM (
     FROM argus.frames candidate
     JOIN argus.frames neighbour
       ON neighbour.video_id = candidate.video_id
-     AND neighbour.frame_index BETWEEN candidate.frame_index - 1 AND candidate.frame_index + 1
+     AND neighbour.frame_index BETWEEN candidate.frame_index - %(reach)s
+                                   AND candidate.frame_index + %(reach)s
     WHERE candidate.id = ANY(%(frame_ids)s)
 ) AS wanted
 JOIN argus.frames f ON f.id = wanted.id

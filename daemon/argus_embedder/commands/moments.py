@@ -6,7 +6,7 @@ until they span `limit` distinct videos, the search runs dry, or
 `candidate_bound(limit)` frames. Because hits arrive best first, the first `limit`
 distinct videos among them are the `limit` best videos; no frame outside the
 candidates can beat them. Then one more round trip (`moment_frames`) fetches the
-candidates and their frame_index ± 1 neighbours with each one's cosine to the
+candidates and the frames within REACH frame_index steps of them with each one's cosine to the
 previous frame, and the pure `group` below does the rest.
 """
 
@@ -26,6 +26,11 @@ from argus_embedder.commands import search
 
 NEAR_DUPLICATE = 0.95  # cosine with the neighbouring frame: same moment
 MOMENTS_PER_VIDEO = 3  # a video's best moments reported; the rest are dropped
+# Frames fetched on either side of each candidate: a run of near-duplicates can
+# bridge up to 2 * REACH consecutive frames that were not candidates (all of a
+# scene's frames score alike, so which of them the index returns is near chance),
+# and a moment reaches up to REACH frames past its outermost candidates.
+REACH = 5
 MIN_FETCH = 100  # hnsw.ef_search never goes below 100, so fewer saves nothing
 FIRST_FETCH_PER_VIDEO = 20
 CANDIDATES_PER_VIDEO = 50
@@ -70,6 +75,7 @@ class VideoSearch:
     videos: list[VideoHit]
     candidates: int  # frames the last index search returned
     searches: int  # index searches it took (the fetch size doubles each time)
+    frames: int  # rows of moment_frames: the candidates and the frames around them
 
 
 def candidate_bound(limit: int) -> int:
@@ -172,9 +178,9 @@ def search_videos(
     with connection.cursor(row_factory=class_row(MomentFrame)) as cursor:
         frames = cursor.execute(
             db.queries()["moment_frames"],
-            {"model": model, "frame_ids": [hit.frame_id for hit in hits]},
+            {"model": model, "frame_ids": [hit.frame_id for hit in hits], "reach": REACH},
         ).fetchall()
-    return VideoSearch(group(hits, frames, limit=limit), len(hits), searches)
+    return VideoSearch(group(hits, frames, limit=limit), len(hits), searches, len(frames))
 
 
 def clock(milliseconds: int | None) -> str:
