@@ -236,6 +236,24 @@ def test_ingest_run_search_round_trip(
     assert hits[0]["score"] == pytest.approx(1.0, abs=2e-3)
     assert cli.main(["search", "x", "--project", "p2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+    # --by video: one video, its best moments; ingest gives no timestamps, so no ranges
+    image = str(folder / "004.jpg")
+    assert cli.main(["search", "--image", image, "--by", "video", "--json", "--video", "clip"]) == 0
+    [video] = json.loads(capsys.readouterr().out)
+    assert (video["video_id"], video["project_id"]) == ("clip", "p1")
+    assert 1 <= len(video["moments"]) <= 3
+    best = video["moments"][0]
+    assert best["frame_index"] == 4 and best["score"] == pytest.approx(1.0, abs=2e-3)
+    assert video["score"] == best["score"]
+    assert (best["start_ms"], best["end_ms"], best["timestamp_ms"]) == (None, None, None)
+    assert cli.main(["search", "a sunny beach", "--by", "video", "--project", "p1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("  1. ") and "video clip (project p1)" in lines[0]
+    assert 2 <= len(lines) <= 4
+    assert all(line.startswith("       --:--\N{EN DASH}--:--  frame ") for line in lines[1:])
+    assert cli.main(["search", "x", "--by", "video", "--project", "p2"]) == 0
+    assert capsys.readouterr().out == "no videos found\n"
     assert cli.main(["search"]) == errors.EXIT_FAILURE
     assert cli.main(["ingest", "v", str(tmp_path / "missing")]) == errors.EXIT_FAILURE
     assert "no such file or folder" in capsys.readouterr().err
