@@ -35,9 +35,9 @@ FROM (
     FROM argus.frames candidate
     JOIN argus.frames neighbour
       ON neighbour.video_id = candidate.video_id
-     AND neighbour.frame_index BETWEEN candidate.frame_index - %(reach)s
-                                   AND candidate.frame_index + %(reach)s
-    WHERE candidate.id = ANY(%(frame_ids)s)
+     AND neighbour.frame_index BETWEEN candidate.frame_index - %(reach)s::integer
+                                   AND candidate.frame_index + %(reach)s::integer
+    WHERE candidate.id = ANY(%(frame_ids)s::bigint[])
 ) AS wanted
 JOIN argus.frames f ON f.id = wanted.id
 JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = %(model)s
