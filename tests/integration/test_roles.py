@@ -172,7 +172,7 @@ def test_daemon_runs_as_a_login_role_holding_only_argus_worker(
 ) -> None:
     """The real daemon (model registration through the definer functions, partitions and
     segments, the reconciler, the write path) as `argus_worker` only; then status and
-    search as `argus_reader` only."""
+    search (by frame and by video) as `argus_reader` only."""
     uris = [s3.put(f"roles/{i}.jpg", textured_jpeg(i)) for i in range(6)]
     support.add_video(conn, "roles", uris)
     worker_url = login("argus_worker")
@@ -212,6 +212,8 @@ def test_daemon_runs_as_a_login_role_holding_only_argus_worker(
     assert report["jobs"]["succeeded"] == 1
     assert cli.main(["search", "a red car", "--limit", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
+    assert cli.main(["search", "a red car", "--by", "video", "--json"]) == 0
+    assert [video["video_id"] for video in json.loads(capsys.readouterr().out)] == ["roles"]
 
 
 def test_regression_bug11_the_frame_stage_cannot_choose_frame_ids(
