@@ -4,10 +4,11 @@ Candidates come through the same index path as `search --by frame` (ANN scans of
 sealed segments plus the exact tail): the best `first_fetch(limit)` frames, doubled
 until they span `limit` distinct videos, the search runs dry, or
 `candidate_bound(limit)` frames. Because hits arrive best first, the first `limit`
-distinct videos among them are the `limit` best videos; no frame outside the
-candidates can beat them. Then one more round trip (`moment_frames`) fetches the
-candidates and the frames within REACH frame_index steps of them with each one's cosine to the
-previous frame, and the pure `group` below does the rest.
+distinct videos among them are the `limit` best videos: no frame outside the
+candidates can beat them (up to the index's recall). Then one more round trip
+(`moment_frames`) fetches the candidates and the frames within REACH frame_index
+steps of them, each with its cosine to the previous frame, and the pure `group`
+below does the rest.
 """
 
 from __future__ import annotations
@@ -175,6 +176,8 @@ def search_videos(
         if enough or len(hits) < wanted or wanted >= bound:
             break
         wanted = min(bound, 2 * wanted)
+    if not hits:
+        return VideoSearch([], 0, searches, 0)
     with connection.cursor(row_factory=class_row(MomentFrame)) as cursor:
         frames = cursor.execute(
             db.queries()["moment_frames"],
