@@ -4,7 +4,6 @@ which frames a batch takes, which become rows or error rows, which jobs fail."""
 from __future__ import annotations
 
 import concurrent.futures
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,18 +16,7 @@ from argus_embedder.gateways.queue import Frame, Job
 from argus_embedder.pipeline import inference, preparing
 from argus_embedder.pipeline.ledger import Ledger, Outcome
 from argus_embedder.pipeline.stream import Item, Stream
-
-
-def make_job(job_id: int) -> Job:
-    return Job(
-        id=job_id,
-        video_id=f"v{job_id}",
-        model="m",
-        attempts=1,
-        max_attempts=5,
-        lease_token=uuid.uuid4(),
-        queue_wait_seconds=0.0,
-    )
+from tests.unit.test_ledger import make_job
 
 
 def prepared_item(job: Job, frame_id: int, output: Any, *, last: bool = False) -> Item:
