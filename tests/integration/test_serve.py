@@ -173,6 +173,20 @@ def test_frames_are_served_byte_for_byte_from_s3_and_file(
         assert s3.bucket not in body.decode()  # the storage location stays inside
 
 
+def test_an_unexpected_error_is_a_500_without_a_traceback(
+    frames: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(text: str) -> Any:
+        raise RuntimeError("encoder exploded at /secret/path")
+
+    with serve.running(settings.load(), "127.0.0.1", 0) as server:
+        server.service.encode = broken
+        status, headers, body = get(int(server.server_address[1]), search_path(q="beach"))
+    assert (status, headers["Content-Type"]) == (500, "application/json")
+    assert json.loads(body) == {"error": "internal error"}
+    assert "encoder exploded" in caplog.text  # the log has it, the client does not
+
+
 def test_health_and_metrics(port: int) -> None:
     assert get(port, "/livez")[0] == 200
     status, _, body = get(port, "/readyz")

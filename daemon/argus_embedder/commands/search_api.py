@@ -215,6 +215,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(endpoint, 500, "internal error")
 
     def _not_allowed(self) -> None:
+        # A request body stays unread: close, or keep-alive would parse it as a request.
+        self.close_connection = True
         self._error("other", 405, "only GET is allowed", allow="GET")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed
