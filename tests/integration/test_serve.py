@@ -187,10 +187,12 @@ def test_an_unexpected_error_is_a_500_without_a_traceback(
     assert "encoder exploded" in caplog.text  # the log has it, the client does not
 
 
-def test_health_and_metrics(port: int) -> None:
-    assert get(port, "/livez")[0] == 200
+def test_health_and_metrics(port: int, tiny_siglip_dir: Path) -> None:
+    assert get(port, "/livez")[:3:2] == (200, b"ok\n")
     status, _, body = get(port, "/readyz")
-    assert status == 200 and json.loads(body)["ready"] is True
+    verdict = json.loads(body)
+    assert status == 200 and (verdict["ready"], verdict["reason"]) == (True, "ok")
+    assert verdict["details"] == {"model": str(tiny_siglip_dir)}
     assert get(port, search_path(q="beach"))[0] == 200
     assert get(port, "/frames/abc")[0] == 400
     exposed = get(port, "/metrics")[2].decode()

@@ -23,8 +23,9 @@ import numpy.typing as npt
 import psycopg
 import psycopg_pool
 
-from argus_embedder import db, errors
+from argus_embedder import errors
 from argus_embedder.commands import search
+from argus_embedder.gateways import frames
 from argus_embedder.runtime import health, metrics
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,8 @@ class SearchService:
                 search.check_searchable(connection, self.model)
             except errors.UserInputError as error:
                 raise _HttpError(400, str(error)) from error
-            if project is not None:
-                row = connection.execute(
-                    db.queries()["project_has_frames"], {"project_id": project}
-                ).fetchone()
-                if row is None or not row["found"]:
-                    raise _HttpError(400, "unknown project")
+            if project is not None and not frames.project_exists(connection, project):
+                raise _HttpError(400, "unknown project")
             encode_started = time.perf_counter()
             vector = self.encode(text)
             metrics.SEARCH_ENCODE_SECONDS.observe(time.perf_counter() - encode_started)
@@ -117,13 +114,11 @@ class SearchService:
         if not _FRAME_ID.fullmatch(raw_id):
             raise _HttpError(400, "a frame id is a positive integer")
         with self.pool.connection() as connection:
-            row = connection.execute(
-                db.queries()["frame_image_uri"], {"frame_id": int(raw_id)}
-            ).fetchone()
-        if row is None:
+            uri = frames.image_uri(connection, int(raw_id))
+        if uri is None:
             raise _HttpError(404, "no such frame")
         try:
-            return self.fetch(row["image_uri"])
+            return self.fetch(uri)
         except errors.FrameError as error:
             # The URI is ours, but its bucket and key are nobody's business outside.
             log.info("frame %s: %s", raw_id, error)
@@ -194,10 +189,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(endpoint, 200, content_type(data), data, cache=True)
             elif path == "/livez":
                 # Answering at all is the proof: serve has no loop that could hang.
-                self._send(endpoint, 200, "application/json", b'{"live": true}\n')
+                self._send(endpoint, 200, "text/plain; charset=utf-8", b"ok\n")
             elif path == "/readyz":
-                ready, reason = self.server.service.state.ready()
-                payload = json.dumps({"ready": ready, "reason": reason}).encode() + b"\n"
+                # The daemon's body: {"ready", "reason", "details"}.
+                state = self.server.service.state
+                ready, reason = state.ready()
+                verdict = {"ready": ready, "reason": reason, "details": state.details()}
+                payload = json.dumps(verdict, sort_keys=True).encode() + b"\n"
                 self._send(endpoint, 200 if ready else 503, "application/json", payload)
             elif path == "/metrics":
                 self.server.service.state.ready()  # refresh the ready gauge (cached check)

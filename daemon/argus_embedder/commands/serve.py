@@ -59,6 +59,7 @@ def running(config: Settings, host: str, port: int) -> Iterator[search_api.Searc
 
         state.set_db_check(ping)
         state.set_model_warm()
+        state.set_detail("model", config.model)
         service = search_api.SearchService(
             model=config.model,
             encode=encode,
