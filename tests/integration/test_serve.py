@@ -88,6 +88,8 @@ def test_search_returns_what_search_json_prints(
     assert json.loads(body) == expected and len(expected) == 2
     status, _, body = get(port, search_path(q="beach", video="nobody"))
     assert (status, json.loads(body)) == (200, [])
+    # The text only reaches the tokenizer, which takes any character, NUL included.
+    assert get(port, "/search?q=%00%C3%A9")[0] == 200
 
 
 @pytest.mark.parametrize(
@@ -105,6 +107,8 @@ def test_search_returns_what_search_json_prints(
         (search_path(q="x", by="other"), "by must be one of frame, video"),
         (search_path(q="x", project="p2"), "unknown project"),
         (search_path(q="x", colour="red"), "unknown parameter"),
+        ("/search?q=x&project=p%00", "cannot contain NUL"),
+        ("/search?q=x&video=%00", "cannot contain NUL"),
         ("/search?q=x&q=y", "q given more than once"),
         ("/search?q=%ff", "malformed query string"),
         ("/frames/abc", "a frame id is a positive integer"),

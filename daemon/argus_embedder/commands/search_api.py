@@ -83,6 +83,9 @@ class SearchService:
         except errors.UserInputError as error:
             raise _HttpError(400, str(error)) from error
         project, video = params.get("project") or None, params.get("video") or None
+        if "\x00" in (project or "") + (video or ""):
+            # PostgreSQL text cannot hold NUL: psycopg would fail with a DataError (a 500).
+            raise _HttpError(400, "project and video cannot contain NUL characters")
         with self.pool.connection() as connection:
             # Before encoding: a typo in the model or the project costs no forward pass.
             try:
