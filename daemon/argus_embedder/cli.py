@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--json", action="store_true")
 
+    sub = add("serve", "the read-only search service: GET /search, /frames/ID, /readyz, /metrics")
+    sub.add_argument("--port", type=int, default=8478, help="0: any free port (default 8478)")
+    sub.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+
     sub = add("cancel", "cancel a queued or running job")
     sub.add_argument("job_id", type=int)
     sub = add("retry", "queue a failed, cancelled or finished job again")

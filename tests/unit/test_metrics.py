@@ -31,6 +31,9 @@ EXPECTED = [
     ("RECONCILER_ENQUEUED", "argus_embedder_reconciler_jobs_enqueued_total", Counter, ()),
     ("DB_ERRORS", "argus_embedder_db_errors_total", Counter, ()),
     ("S3_RETRIES", "argus_embedder_s3_retries_total", Counter, ()),
+    ("SEARCH_REQUESTS", "argus_embedder_search_requests_total", Counter, ("endpoint", "code")),
+    ("SEARCH_SECONDS", "argus_embedder_search_seconds", Histogram, ()),
+    ("SEARCH_ENCODE_SECONDS", "argus_embedder_search_encode_seconds", Histogram, ()),
 ]
 
 # Labels whose values grow without bound or may carry secrets.

@@ -28,6 +28,11 @@ RULE_TESTS = REPO / "monitoring" / "tests" / "argus-embedder.rules.test.yml"
 DASHBOARD = REPO / "monitoring" / "grafana" / "dashboards" / "argus-embedder.json"
 OPERATIONS = REPO / "docs" / "operations.md"
 UNITS = ("argus-embedder.service", "argus-embedder@.service")
+SERVE_UNIT = "argus-embedder-serve.service"
+EXEC_STARTS = {
+    **dict.fromkeys(UNITS, "/opt/argus-embedder/bin/argus-embedder run"),
+    SERVE_UNIT: "/opt/argus-embedder/bin/argus-embedder serve --device cpu",
+}
 INSTANCE_KEYS = {
     "Description",
     "Environment=CUDA_VISIBLE_DEVICES",
@@ -252,17 +257,15 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 @pytest.fixture
 def unit_dir(tmp_path: Path) -> Path:
     """The units with ExecStart pointing at a binary that exists here."""
-    for name in UNITS:
+    for name, command in EXEC_STARTS.items():
         text = (REPO / "systemd" / name).read_text()
-        assert "\nExecStart=/opt/argus-embedder/bin/argus-embedder run\n" in text
-        text = text.replace(
-            "ExecStart=/opt/argus-embedder/bin/argus-embedder run", f"ExecStart={sys.executable} -V"
-        )
+        assert f"\nExecStart={command}\n" in text
+        text = text.replace(f"ExecStart={command}", f"ExecStart={sys.executable} -V")
         (tmp_path / name).write_text(text)
     return tmp_path
 
 
-@pytest.mark.parametrize("unit", ["argus-embedder.service", "argus-embedder@0.service"])
+@pytest.mark.parametrize("unit", ["argus-embedder.service", "argus-embedder@0.service", SERVE_UNIT])
 def test_systemd_analyze_verify(unit_dir: Path, unit: str) -> None:
     analyze = _tool("systemd-analyze")
     result = _run(analyze, "verify", "--man=no", str(unit_dir / unit), cwd=unit_dir)
@@ -270,7 +273,7 @@ def test_systemd_analyze_verify(unit_dir: Path, unit: str) -> None:
     assert result.returncode == 0 and not complaints, result.stderr
 
 
-@pytest.mark.parametrize("unit", ["argus-embedder.service", "argus-embedder@0.service"])
+@pytest.mark.parametrize("unit", ["argus-embedder.service", "argus-embedder@0.service", SERVE_UNIT])
 def test_systemd_security_exposure(unit_dir: Path, unit: str) -> None:
     analyze = _tool("systemd-analyze")
     result = _run(analyze, "security", "--offline=yes", "--no-pager", str(unit_dir / unit))
@@ -296,6 +299,29 @@ def test_units_carry_the_lifecycle_contract() -> None:
         assert "MemoryDenyWriteExecute" not in values  # breaks CUDA/torch JIT
         assert values["DevicePolicy"] == "closed"
         assert ("DeviceAllow", "char-nvidia-uvm rw") in directives
+
+
+def test_the_serve_unit_is_hardened_like_the_daemon_without_devices() -> None:
+    daemon = dict(_directives(REPO / "systemd" / UNITS[0]))
+    directives = _directives(REPO / "systemd" / SERVE_UNIT)
+    values = dict(directives)
+    # Every hardening setting of the daemon's unit, with the same value, except the
+    # device ones: serve needs no GPU, so it sees no devices at all.
+    for key in (
+        "NoNewPrivileges", "CapabilityBoundingSet", "ProtectSystem", "ProtectHome", "PrivateTmp",
+        "DevicePolicy", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+        "ProtectControlGroups", "ProtectClock", "ProtectHostname", "ProtectProc",
+        "RestrictNamespaces", "RestrictRealtime", "RestrictSUIDSGID", "LockPersonality",
+        "RemoveIPC", "PrivateMounts", "KeyringMode", "RestrictAddressFamilies",
+        "SystemCallArchitectures", "SystemCallErrorNumber", "DynamicUser", "User", "UMask",
+        "CacheDirectory", "RestartPreventExitStatus", "KillSignal", "Restart",
+    ):  # fmt: skip
+        assert values.get(key) == daemon[key], key
+    assert values["PrivateDevices"] == "yes" and "DeviceAllow" not in values
+    assert ("SystemCallFilter", "@system-service") in directives
+    assert ("SystemCallFilter", "~@privileged") in directives
+    assert ("LoadCredential", "database-url:/etc/argus-embedder/database-url") in directives
+    assert "MemoryDenyWriteExecute" not in values  # torch's CPU JIT
 
 
 def test_the_template_differs_from_the_plain_unit_only_per_instance() -> None:
@@ -396,6 +422,9 @@ def test_compose_stack_hangs_together() -> None:
             waiting.extend(services[dependency].get("depends_on", {}))
     assert "migrate" in seen
     assert any(v.endswith(":/var/cache/argus-embedder") for v in embedder["volumes"])
+    serve = services["serve"]
+    assert serve["command"][0] == "serve" and "migrate" in serve["depends_on"]
+    assert any(port.endswith(":8478") for port in serve["ports"])
 
 
 # --- the runbook ---------------------------------------------------------------

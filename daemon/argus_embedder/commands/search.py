@@ -56,35 +56,82 @@ def search(
         ) from error
 
 
+BY = ("frame", "video")
+MAX_LIMIT = 1000
+MAX_TEXT = 10_000
+
+
+def check_request(text: str | None, limit: int) -> None:
+    """The bounds `search` and `serve` both enforce before any work, as UserInputErrors."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise errors.UserInputError(f"limit must be between 1 and {MAX_LIMIT}")
+    if text is not None and len(text) > MAX_TEXT:
+        raise errors.UserInputError(f"search text is longer than {MAX_TEXT} characters")
+
+
+def found(
+    connection: psycopg.Connection[Any],
+    model: str,
+    query: npt.NDArray[np.float32],
+    *,
+    by: str,
+    limit: int,
+    video_id: str | None = None,
+    project_id: str | None = None,
+) -> list[Any]:
+    """Frame hits (`by="frame"`) or videos with moments (`by="video"`), best first."""
+    # moments builds on search(): imported here, not at the top, to keep the import one-way
+    from argus_embedder.commands import moments
+
+    if by == "video":
+        videos = moments.search_videos(
+            connection, model, query, limit=limit, video_id=video_id, project_id=project_id
+        ).videos
+        return list(videos)
+    if by != "frame":
+        raise errors.UserInputError(f"by must be one of {', '.join(BY)}")
+    return search(connection, model, query, limit=limit, video_id=video_id, project_id=project_id)
+
+
+def as_json(results: list[Any]) -> list[dict[str, Any]]:
+    """What `search --json` prints and `serve`'s /search returns: one builder, so the
+    two can never drift apart."""
+    return [dataclasses.asdict(result) for result in results]
+
+
 def main(args: argparse.Namespace, config: Settings) -> int:
     """`argus-embedder search "text" | --image PATH [--limit K] [--video V] [--project P]
     [--by frame|video] [--json]`."""
-    # moments builds on search(): imported here, not at the top, to keep the import one-way
     from argus_embedder.commands import moments
 
     if (args.text is None) == (args.image is None):
         raise errors.UserInputError("give either a search text or --image PATH")
-    if not 1 <= args.limit <= 1000:
-        raise errors.UserInputError("--limit must be between 1 and 1000")
-    if args.text is not None and len(args.text) > 10_000:
-        raise errors.UserInputError("search text is longer than 10000 characters")
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise errors.UserInputError(f"--limit must be between 1 and {MAX_LIMIT}")
+    check_request(args.text, args.limit)
     with common.connect(config) as connection:
-        _check_searchable(connection, config.model)
+        check_searchable(connection, config.model)
     query = _query_vector(args, config)
-    filters = {"limit": args.limit, "video_id": args.video, "project_id": args.project}
-    if args.by == "video":
-        with common.connect(config) as connection:
-            found = moments.search_videos(connection, config.model, query, **filters)
-        if args.json:
-            print(json.dumps([dataclasses.asdict(video) for video in found.videos], indent=2))
-        else:
-            moments.print_videos(found.videos)
-        return 0
     with common.connect(config) as connection:
-        hits = search(connection, config.model, query, **filters)
+        results = found(
+            connection,
+            config.model,
+            query,
+            by=args.by,
+            limit=args.limit,
+            video_id=args.video,
+            project_id=args.project,
+        )
     if args.json:
-        print(json.dumps([hit.__dict__ for hit in hits], indent=2))
-        return 0
+        print(json.dumps(as_json(results), indent=2))
+    elif args.by == "video":
+        moments.print_videos(results)
+    else:
+        _print_hits(results)
+    return 0
+
+
+def _print_hits(hits: list[Hit]) -> None:
     if not hits:
         print("no frames found")
     for rank, hit in enumerate(hits, 1):
@@ -92,7 +139,6 @@ def main(args: argparse.Namespace, config: Settings) -> int:
             f"{rank:>3}. {hit.score:.4f}  video {hit.video_id} frame {hit.frame_index}  "
             f"{hit.image_uri}"
         )
-    return 0
 
 
 def _query_vector(args: argparse.Namespace, config: Settings) -> npt.NDArray[np.float32]:
@@ -116,7 +162,7 @@ def _query_vector(args: argparse.Namespace, config: Settings) -> npt.NDArray[np.
     return vector
 
 
-def _check_searchable(connection: psycopg.Connection[Any], model: str) -> None:
+def check_searchable(connection: psycopg.Connection[Any], model: str) -> None:
     """Before loading a model for the query: is it registered here at all?"""
     if index.info(connection, model) is None:
         known = [row["model"] for row in connection.execute(db.queries()["models"])]

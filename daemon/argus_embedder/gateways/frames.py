@@ -45,3 +45,17 @@ def insert(connection: psycopg.Connection[Any], frames: Sequence[NewFrame]) -> N
         cursor.executemany(
             db.queries()["insert_frame"], [dataclasses.asdict(frame) for frame in frames]
         )
+
+
+def image_uri(connection: psycopg.Connection[Any], frame_id: int) -> str | None:
+    """Frame `frame_id`'s image URI, or None when there is no such frame."""
+    row = connection.execute(db.queries()["frame_image_uri"], {"frame_id": frame_id}).fetchone()
+    return None if row is None else str(row["image_uri"])
+
+
+def project_exists(connection: psycopg.Connection[Any], project_id: str) -> bool:
+    """Whether any frame belongs to `project_id`."""
+    row = connection.execute(
+        db.queries()["project_has_frames"], {"project_id": project_id}
+    ).fetchone()
+    return row is not None and bool(row["found"])

@@ -1,0 +1,276 @@
+"""`serve`'s HTTP side: /search, /frames/ID, /livez, /readyz and /metrics.
+
+Every answer is JSON (images and /metrics aside), errors included: a bad request
+is a 400 that says what was wrong, never a 500 or a traceback. Nothing from a
+request reaches storage: /frames/ID looks the id up in argus.frames and fetches
+that row's URI.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import re
+import socket
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+import psycopg_pool
+
+from argus_embedder import errors
+from argus_embedder.commands import search
+from argus_embedder.gateways import frames
+from argus_embedder.runtime import health, metrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 10
+_PARAMETERS = frozenset({"q", "limit", "project", "video", "by"})
+# bigint's range has 19 digits; 18 keeps every accepted id inside it without a cast
+_FRAME_ID = re.compile(r"[0-9]{1,18}")
+_MAX_FIELDS = 20  # query-string fields parsed before the request is refused
+
+
+class _HttpError(Exception):
+    """A request that ends with `code` and `{"error": message}`."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SearchService:
+    """What the handlers share across threads: the warm encoder, the read pool, storage.
+
+    `encode` turns one text into the configured model's unit vector (thread-safe: a
+    torch forward under inference mode); `fetch` is pipeline.storage.Storage.fetch.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        encode: Callable[[str], npt.NDArray[np.float32]],
+        pool: psycopg_pool.ConnectionPool[Any],
+        fetch: Callable[[str], bytes],
+        state: health.HealthState,
+    ) -> None:
+        self.model = model
+        self.encode = encode
+        self.pool = pool
+        self.fetch = fetch
+        self.state = state
+
+    def search(self, query_string: str) -> list[dict[str, Any]]:
+        """/search's body for a raw query string; raises _HttpError(400) on bad input."""
+        started = time.perf_counter()
+        params = _parameters(query_string)
+        text = params.get("q", "").strip()
+        if not text:
+            raise _HttpError(400, "q (the search text) is required")
+        limit = _limit(params.get("limit"))
+        by = params.get("by", "frame")
+        if by not in search.BY:
+            raise _HttpError(400, f"by must be one of {', '.join(search.BY)}")
+        try:
+            search.check_request(text, limit)
+        except errors.UserInputError as error:
+            raise _HttpError(400, str(error)) from error
+        project, video = params.get("project") or None, params.get("video") or None
+        if "\x00" in (project or "") + (video or ""):
+            # PostgreSQL text cannot hold NUL: psycopg would fail with a DataError (a 500).
+            raise _HttpError(400, "project and video cannot contain NUL characters")
+        with self.pool.connection() as connection:
+            # Before encoding: a typo in the model or the project costs no forward pass.
+            try:
+                search.check_searchable(connection, self.model)
+            except errors.UserInputError as error:
+                raise _HttpError(400, str(error)) from error
+            if project is not None and not frames.project_exists(connection, project):
+                raise _HttpError(400, "unknown project")
+            encode_started = time.perf_counter()
+            vector = self.encode(text)
+            metrics.SEARCH_ENCODE_SECONDS.observe(time.perf_counter() - encode_started)
+            try:
+                found = search.found(
+                    connection,
+                    self.model,
+                    vector,
+                    by=by,
+                    limit=limit,
+                    video_id=video,
+                    project_id=project,
+                )
+            except errors.UserInputError as error:
+                raise _HttpError(400, str(error)) from error
+        metrics.SEARCH_SECONDS.observe(time.perf_counter() - started)
+        return search.as_json(found)
+
+    def frame(self, raw_id: str) -> bytes:
+        """The image of frame `raw_id` (the path's last segment, untrusted)."""
+        if not _FRAME_ID.fullmatch(raw_id):
+            raise _HttpError(400, "a frame id is a positive integer")
+        with self.pool.connection() as connection:
+            uri = frames.image_uri(connection, int(raw_id))
+        if uri is None:
+            raise _HttpError(404, "no such frame")
+        try:
+            return self.fetch(uri)
+        except errors.FrameError as error:
+            # The URI is ours, but its bucket and key are nobody's business outside.
+            log.info("frame %s: %s", raw_id, error)
+            raise _HttpError(404, "the frame's image is missing from storage") from error
+        except errors.TransientError as error:
+            log.warning("frame %s: %s", raw_id, error)
+            raise _HttpError(503, "storage unavailable, try again") from error
+
+
+def content_type(data: bytes) -> str:
+    """The image type from the first bytes (the URI's extension may lie or be absent)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    return "application/octet-stream"
+
+
+def _parameters(query_string: str) -> dict[str, str]:
+    """The query string as one value per known name; 400 for unknown or repeated names."""
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query_string, keep_blank_values=True, max_num_fields=_MAX_FIELDS, errors="strict"
+        )
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _HttpError(400, "malformed query string") from error
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in _PARAMETERS:
+            raise _HttpError(400, f"unknown parameter {name[:40]!r}")
+        if name in params:
+            raise _HttpError(400, f"{name} given more than once")
+        params[name] = value
+    return params
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    # Digits only: int() would also take "+5", " 5" and "5_0".
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+        raise _HttpError(400, f"limit must be an integer between 1 and {search.MAX_LIMIT}")
+    return int(raw)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: SearchServer
+    server_version = "argus-embedder"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"  # keep-alive: a page of thumbnails is many requests
+
+    def do_GET(self) -> None:
+        endpoint = "other"
+        try:
+            split = urllib.parse.urlsplit(self.path)
+            path = split.path
+            if path == "/search":
+                endpoint = "search"
+                body = json.dumps(self.server.service.search(split.query)).encode()
+                self._send(endpoint, 200, "application/json", body)
+            elif path.startswith("/frames/"):
+                endpoint = "frames"
+                data = self.server.service.frame(path.removeprefix("/frames/"))
+                self._send(endpoint, 200, content_type(data), data, cache=True)
+            elif path == "/livez":
+                # Answering at all is the proof: serve has no loop that could hang.
+                self._send(endpoint, 200, "text/plain; charset=utf-8", b"ok\n")
+            elif path == "/readyz":
+                # The daemon's body: {"ready", "reason", "details"}.
+                state = self.server.service.state
+                ready, reason = state.ready()
+                verdict = {"ready": ready, "reason": reason, "details": state.details()}
+                payload = json.dumps(verdict, sort_keys=True).encode() + b"\n"
+                self._send(endpoint, 200 if ready else 503, "application/json", payload)
+            elif path == "/metrics":
+                self.server.service.state.ready()  # refresh the ready gauge (cached check)
+                self._send(endpoint, 200, metrics.CONTENT_TYPE, metrics.render())
+            else:
+                raise _HttpError(404, "not found: try /search?q=TEXT or /frames/ID")
+        except _HttpError as error:
+            self._error(endpoint, error.code, str(error))
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+            log.warning("%s: database unavailable: %s", endpoint, errors.first_line(error))
+            self._error(endpoint, 503, "database unavailable, try again")
+        except Exception:
+            # The log keeps the traceback for the operator; the client gets one line.
+            log.exception("%s: unexpected error", endpoint)
+            self._error(endpoint, 500, "internal error")
+
+    def _not_allowed(self) -> None:
+        # A request body stays unread: close, or keep-alive would parse it as a request.
+        self.close_connection = True
+        self._error("other", 405, "only GET is allowed", allow="GET")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (malformed request line, unknown method) as JSON too."""
+        if code == 501:  # an unknown method: the same answer as for POST
+            code, message = 405, "only GET is allowed"
+        self.close_connection = True
+        self._error("other", code, message or "bad request")
+
+    def _error(self, endpoint: str, code: int, message: str, *, allow: str | None = None) -> None:
+        body = json.dumps({"error": message}).encode() + b"\n"
+        self._send(endpoint, code, "application/json", body, allow=allow)
+
+    def _send(
+        self,
+        endpoint: str,
+        code: int,
+        kind: str,
+        body: bytes,
+        *,
+        cache: bool = False,
+        allow: str | None = None,
+    ) -> None:
+        label = str(code) if str(code) in metrics.SEARCH_CODES else "400"
+        metrics.SEARCH_REQUESTS.labels(endpoint, label).inc()
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        # A frame's bytes never change for its id; search results do with every ingest.
+        self.send_header("Cache-Control", "private, max-age=86400" if cache else "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if allow is not None:
+            self.send_header("Allow", allow)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Per-request lines at DEBUG: the counters in /metrics are the record."""
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class SearchServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True  # a slow client never holds up shutdown
+    allow_reuse_address = True
+    address_family: ClassVar[socket.AddressFamily] = socket.AF_INET  # type: ignore[misc]
+
+    def __init__(self, address: tuple[str, int], service: SearchService) -> None:
+        self.service = service
+        super().__init__(address, _Handler)
+
+
+class SearchServer6(SearchServer):
+    address_family: ClassVar[socket.AddressFamily] = socket.AF_INET6  # type: ignore[misc]

@@ -1,0 +1,248 @@
+"""`serve` over real HTTP, a real PostgreSQL, moto's S3 and the tiny model."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from argus_embedder import cli, settings
+from argus_embedder.commands import serve
+from tests import support
+from tests.conftest import S3Endpoint, textured_jpeg
+from tests.integration.test_roles import Login, login  # noqa: F401 - the fixture
+
+Response = tuple[int, dict[str, str], bytes]
+
+
+def get(port: int, path: str, method: str = "GET") -> Response:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def search_path(**params: str) -> str:
+    return "/search?" + urllib.parse.urlencode(params)
+
+
+@pytest.fixture
+def frames(
+    database_url: str,
+    tiny_siglip_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Path:
+    """Six embedded file:// frames of video "clip" in project "p1"."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(6):
+        (folder / f"{index:03d}.jpg").write_bytes(textured_jpeg(index))
+    monkeypatch.setenv("ARGUS_DATABASE_URL", database_url)
+    monkeypatch.setenv("ARGUS_MODEL", str(tiny_siglip_dir))
+    monkeypatch.setenv("ARGUS_METRICS_PORT", "0")
+    assert cli.main(["ingest", "clip", str(folder), "--project", "p1"]) == 0
+    assert cli.main(["run", "--burst"]) == 0
+    capsys.readouterr()
+    return folder
+
+
+@pytest.fixture
+def port(frames: Path) -> Iterator[int]:
+    """A server on a free port, in this process, with the environment `frames` set."""
+    with serve.running(settings.load(), "127.0.0.1", 0) as server:
+        yield int(server.server_address[1])
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
+    assert cli.main(["search", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_search_returns_what_search_json_prints(
+    port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for by in ("frame", "video"):
+        status, headers, body = get(port, search_path(q="a sunny beach", limit="4", by=by))
+        assert (status, headers["Content-Type"]) == (200, "application/json")
+        assert json.loads(body) == cli_json(capsys, "a sunny beach", "--limit", "4", "--by", by)
+    filtered = search_path(q="beach", project="p1", video="clip", limit="2")
+    status, _, body = get(port, filtered)
+    assert status == 200
+    expected = cli_json(capsys, "beach", "--project", "p1", "--video", "clip", "--limit", "2")
+    assert json.loads(body) == expected and len(expected) == 2
+    status, _, body = get(port, search_path(q="beach", video="nobody"))
+    assert (status, json.loads(body)) == (200, [])
+    # The text only reaches the tokenizer, which takes any character, NUL included.
+    assert get(port, "/search?q=%00%C3%A9")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/search", "q (the search text) is required"),
+        ("/search?q=", "q (the search text) is required"),
+        ("/search?q=%20", "q (the search text) is required"),
+        (search_path(q="x" * 10_001), "longer than 10000"),
+        (search_path(q="x", limit="0"), "limit must be"),
+        (search_path(q="x", limit="1000000000"), "limit must be"),
+        (search_path(q="x", limit="ten"), "limit must be"),
+        (search_path(q="x", limit="+5"), "limit must be"),
+        (search_path(q="x", limit="1.5"), "limit must be"),
+        (search_path(q="x", by="other"), "by must be one of frame, video"),
+        (search_path(q="x", project="p2"), "unknown project"),
+        (search_path(q="x", colour="red"), "unknown parameter"),
+        ("/search?q=x&project=p%00", "cannot contain NUL"),
+        ("/search?q=x&video=%00", "cannot contain NUL"),
+        ("/search?q=x&q=y", "q given more than once"),
+        ("/search?q=%ff", "malformed query string"),
+        ("/frames/abc", "a frame id is a positive integer"),
+        ("/frames/-1", "a frame id is a positive integer"),
+        ("/frames/1.5", "a frame id is a positive integer"),
+        ("/frames/../../etc/passwd", "a frame id is a positive integer"),
+        ("/frames/99999999999999999999", "a frame id is a positive integer"),
+        ("/frames/", "a frame id is a positive integer"),
+    ],
+)
+def test_bad_input_is_a_400_with_a_json_error(port: int, path: str, message: str) -> None:
+    status, headers, body = get(port, path)
+    assert (status, headers["Content-Type"]) == (400, "application/json")
+    assert message in json.loads(body)["error"]
+
+
+def test_unknown_paths_methods_and_frames(port: int) -> None:
+    status, _, body = get(port, "/nowhere")
+    assert status == 404 and "not found" in json.loads(body)["error"]
+    for method in ("POST", "PUT", "DELETE", "BREW"):
+        status, _, body = get(port, "/search?q=x", method=method)
+        assert status == 405, method
+        assert json.loads(body) == {"error": "only GET is allowed"}
+    status, _, body = get(port, "/frames/999999")
+    assert status == 404 and json.loads(body) == {"error": "no such frame"}
+
+
+def test_unknown_model_is_a_400(
+    port: int, conn: psycopg.Connection[Any], tiny_siglip_dir: Path
+) -> None:
+    conn.execute("DELETE FROM argus.models WHERE model = %s", (str(tiny_siglip_dir),))
+    status, _, body = get(port, search_path(q="x"))
+    assert status == 400 and "has no embeddings in this database" in json.loads(body)["error"]
+
+
+def test_frames_are_served_byte_for_byte_from_s3_and_file(
+    frames: Path,
+    conn: psycopg.Connection[Any],
+    s3: S3Endpoint,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(64)
+    support.add_video(
+        conn,
+        "remote",
+        [s3.put("a/0.jpg", textured_jpeg(9)), s3.put("a/1.png", png), f"s3://{s3.bucket}/gone"],
+        enqueue=False,
+    )
+    rows = conn.execute(
+        "SELECT id, video_id, frame_index, image_uri FROM argus.frames ORDER BY video_id, "
+        "frame_index"
+    ).fetchall()
+    ids = {(row["video_id"], row["frame_index"]): row["id"] for row in rows}
+    monkeypatch.setenv("ARGUS_S3_ENDPOINT_URL", s3.url)
+    with serve.running(settings.load(), "127.0.0.1", 0) as server:
+        port = int(server.server_address[1])
+        status, headers, body = get(port, f"/frames/{ids[('clip', 3)]}")
+        assert (status, headers["Content-Type"]) == (200, "image/jpeg")
+        assert body == (frames / "003.jpg").read_bytes()
+        status, headers, body = get(port, f"/frames/{ids[('remote', 0)]}")
+        assert (status, headers["Content-Type"], body) == (200, "image/jpeg", textured_jpeg(9))
+        status, headers, body = get(port, f"/frames/{ids[('remote', 1)]}")
+        assert (status, headers["Content-Type"], body) == (200, "image/png", png)
+        status, _, body = get(port, f"/frames/{ids[('remote', 2)]}")
+        assert status == 404 and "missing" in json.loads(body)["error"]
+        assert s3.bucket not in body.decode()  # the storage location stays inside
+
+
+def test_an_unexpected_error_is_a_500_without_a_traceback(
+    frames: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(text: str) -> Any:
+        raise RuntimeError("encoder exploded at /secret/path")
+
+    with serve.running(settings.load(), "127.0.0.1", 0) as server:
+        server.service.encode = broken
+        status, headers, body = get(int(server.server_address[1]), search_path(q="beach"))
+    assert (status, headers["Content-Type"]) == (500, "application/json")
+    assert json.loads(body) == {"error": "internal error"}
+    assert "encoder exploded" in caplog.text  # the log has it, the client does not
+
+
+def test_health_and_metrics(port: int, tiny_siglip_dir: Path) -> None:
+    assert get(port, "/livez")[:3:2] == (200, b"ok\n")
+    status, _, body = get(port, "/readyz")
+    verdict = json.loads(body)
+    assert status == 200 and (verdict["ready"], verdict["reason"]) == (True, "ok")
+    assert verdict["details"] == {"model": str(tiny_siglip_dir)}
+    assert get(port, search_path(q="beach"))[0] == 200
+    assert get(port, "/frames/abc")[0] == 400
+    exposed = get(port, "/metrics")[2].decode()
+    for line in (
+        'argus_embedder_search_requests_total{code="200",endpoint="search"}',
+        'argus_embedder_search_requests_total{code="400",endpoint="frames"}',
+        "argus_embedder_search_seconds_count",
+        "argus_embedder_search_encode_seconds_count",
+    ):
+        [sample] = [text for text in exposed.splitlines() if text.startswith(line)]
+        assert float(sample.split()[-1]) >= 1, sample
+
+
+def test_serves_as_a_login_role_holding_only_argus_reader(
+    frames: Path,
+    login: Login,  # noqa: F811 - the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ARGUS_DATABASE_URL", login("argus_reader"))
+    with serve.running(settings.load(), "127.0.0.1", 0) as server:
+        port = int(server.server_address[1])
+        assert get(port, "/readyz")[0] == 200
+        for by in ("frame", "video"):
+            status, _, body = get(port, search_path(q="beach", by=by, project="p1"))
+            assert status == 200 and len(json.loads(body)) >= 1
+        status, _, body = get(port, search_path(q="beach", limit="1"))
+        [hit] = json.loads(body)
+        assert get(port, f"/frames/{hit['frame_id']}")[0] == 200
+
+
+def test_sigterm_exits_0(frames: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "argus_embedder", "serve", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 120
+        port = None
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if "serving search on http://" in line:
+                port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
+            elif not line:
+                break
+        assert port is not None, "serve never said where it listens"
+        assert get(port, "/livez")[0] == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
