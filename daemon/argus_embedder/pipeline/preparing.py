@@ -249,11 +249,10 @@ class ProcessPreparer:
 def _kill_processes(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     """SIGKILL a broken pool's surviving processes.
 
-    The executor stops them with SIGTERM, which decode processes ignore (a stop is the
-    daemon's call); one blocked writing its result into the dead pool's pipe then
-    never exits, and the pool's manager thread, which the interpreter joins at exit,
-    waits for it forever: the daemon hangs after "stopped". The executor keeps its
-    processes in a private mapping; without it there is nothing to kill.
+    The executor stops them itself (SIGTERM, then it joins them, and the interpreter
+    joins its manager thread at exit); killing them first means a survivor blocked
+    writing its result into the dead pool's pipe never delays anything. The executor
+    keeps its processes in a private mapping; without it the executor's own stop remains.
     """
     processes: dict[int, multiprocessing.process.BaseProcess] = (
         getattr(pool, "_processes", None) or {}
@@ -287,8 +286,10 @@ def _start_child(storage: Storage, prepare: Prepare, threads: int, budget: int) 
     global _child
     # Stopping is the daemon's call: a Ctrl-C to the process group must not kill decode
     # processes mid-frame (their frames would look like crashes). They leave with it.
+    # SIGTERM keeps its default: only the executor sends it (systemd's KillMode=mixed
+    # and Docker signal the daemon alone), to stop the survivors of a broken pool; a
+    # survivor ignoring it, blocked writing a result, hung the daemon at exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(
