@@ -78,3 +78,30 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def claim_plans(connection: psycopg.Connection[Any], q: queue.Queue, limit: int = 1) -> str:
+    """The plans of every statement argus.claim_jobs runs for one claim (auto_explain
+    at NOTICE level, nested statements), the claim itself rolled back."""
+    notices: list[str] = []
+
+    def keep(diagnostic: psycopg.errors.Diagnostic) -> None:
+        notices.append(diagnostic.message_primary or "")
+
+    connection.add_notice_handler(keep)
+    try:
+        with connection.transaction(force_rollback=True):
+            connection.execute("LOAD 'auto_explain'")
+            for setting in (
+                "auto_explain.log_min_duration = 0",
+                "auto_explain.log_nested_statements = on",
+                "auto_explain.log_level = notice",
+            ):
+                connection.execute(f"SET LOCAL {setting}")  # type: ignore[arg-type]
+            connection.execute(
+                "SELECT * FROM argus.claim_jobs(%s, %s, %s, %s, false)",
+                (q.model, q.worker_id, limit, q.lease_seconds),
+            ).fetchall()
+    finally:
+        connection.remove_notice_handler(keep)
+    return "\n".join(notices)

@@ -64,6 +64,12 @@ class QueueStats:
     oldest_queued_seconds: float | None
 
 
+# A claim told "busy" (its lanes held by other claimers) tries again, waiting for
+# the lane. Bounded: a lane holder commits within milliseconds, so many in a row
+# means contention no retry here will fix; the caller polls again later.
+_BUSY_RETRIES = 100
+
+
 def backoff_seconds(attempt: int, *, base: float = 2.0, cap: float = MAX_BACKOFF_SECONDS) -> float:
     """Exponential backoff with jitter: uniform in [0.5, 1] of base * 2^(attempt-1), capped."""
     # A float overflows past 2^1023; any cap in use is reached long before 2^64.
@@ -82,24 +88,36 @@ class Queue:
     def claim(self, connection: psycopg.Connection[Any], limit: int = 1) -> list[Job]:
         """Claim up to `limit` jobs (and reclaim expired leases) in one statement.
 
-        An empty list means nothing was claimable: a statement that only moved expired
-        jobs out of attempts to failed is run again.
+        Projects take turns (argus.claim_jobs). An empty list means nothing was
+        claimable: a statement that only moved expired jobs out of attempts to failed
+        is run again, and so is one that found every claimable lane held by another
+        claimer ("busy"), this time waiting for the first lane rather than skipping it.
         """
+        wait = False
+        busy = 0
         while True:
             try:
-                rows = self._claim_rows(connection, limit)
+                rows = self._claim_rows(connection, limit, wait=wait)
             except psycopg.errors.UniqueViolation as error:
                 # Twin jobs of one (video, model) enqueued under NULL and an explicit
                 # model, claimed at once by two workers: the one-running index stops
                 # the second. Nothing is lost; the twin runs after the first finishes.
                 log.info("claim skipped a twin job: %s", errors.first_line(error))
                 return []
+            if len(rows) == 1 and rows[0]["busy"]:
+                busy += 1
+                if busy > _BUSY_RETRIES:
+                    return []
+                wait = True
+                continue
             jobs = self._jobs(rows)
             # Each such pass fails at least one job for good, so this ends.
             if jobs or not rows:
                 return jobs
 
-    def _claim_rows(self, connection: psycopg.Connection[Any], limit: int) -> list[dict[str, Any]]:
+    def _claim_rows(
+        self, connection: psycopg.Connection[Any], limit: int, *, wait: bool
+    ) -> list[dict[str, Any]]:
         with connection.transaction():
             _commit_lazily(connection)
             return connection.execute(
@@ -109,6 +127,7 @@ class Queue:
                     "limit": limit,
                     "worker_id": self.worker_id,
                     "lease_seconds": self.lease_seconds,
+                    "wait": wait,
                 },
             ).fetchall()
 
