@@ -60,7 +60,8 @@ CREATE TABLE argus.project_lanes (
     pass       double precision NOT NULL DEFAULT 0,
     CONSTRAINT project_lanes_key UNIQUE NULLS NOT DISTINCT (priority, project_id)
 );
-CREATE INDEX project_lanes_turn_idx ON argus.project_lanes (priority, pass, lane_id);
+-- Ties go to the newer lane: a project that just arrived is served first.
+CREATE INDEX project_lanes_turn_idx ON argus.project_lanes (priority, pass, lane_id DESC);
 
 -- A lane's queued jobs in claim order, and a project's running jobs (its cap).
 CREATE INDEX embedding_jobs_lane_idx
@@ -194,13 +195,13 @@ BEGIN
         IF v_block THEN
             SELECT * INTO v_lane FROM argus.project_lanes l
             WHERE l.priority = v_top AND l.lane_id <> ALL (v_skipped)
-            ORDER BY l.pass, l.lane_id LIMIT 1
+            ORDER BY l.pass, l.lane_id DESC LIMIT 1
             FOR NO KEY UPDATE;
             v_block := false;
         ELSE
             SELECT * INTO v_lane FROM argus.project_lanes l
             WHERE l.priority = v_top AND l.lane_id <> ALL (v_skipped)
-            ORDER BY l.pass, l.lane_id LIMIT 1
+            ORDER BY l.pass, l.lane_id DESC LIMIT 1
             FOR NO KEY UPDATE SKIP LOCKED;
         END IF;
         IF NOT FOUND THEN
@@ -218,7 +219,7 @@ BEGIN
         WHERE l.priority = v_top AND l.lane_id <> v_lane.lane_id
           AND l.lane_id <> ALL (v_skipped);
         IF v_next IS NOT NULL THEN
-            v_want := least(v_want, greatest(1, floor((v_next - v_lane.pass) * v_weight)::integer + 1));
+            v_want := least(v_want, greatest(1, ceil((v_next - v_lane.pass) * v_weight)::integer));
         END IF;
 
         IF v_cap IS NOT NULL THEN
@@ -230,8 +231,10 @@ BEGIN
                 CONTINUE;
             END IF;
             -- A statement after the lock: it sees every claim committed before it.
+            -- This call's own takes count too: they turn running only at its end.
             SELECT count(*) INTO v_running FROM argus.embedding_jobs j
-            WHERE j.status = 'running' AND j.project_id = v_lane.project_id;
+            WHERE j.project_id = v_lane.project_id
+              AND (j.status = 'running' OR j.id = ANY (v_taken));
             v_want := least(v_want, v_cap - v_running);
             IF v_want <= 0 THEN
                 v_skipped := v_skipped || v_lane.lane_id;
@@ -244,6 +247,7 @@ BEGIN
                 SELECT j.id FROM argus.embedding_jobs j
                 WHERE j.status = 'queued' AND j.project_id IS NULL
                   AND j.priority = v_lane.priority AND j.run_at <= now()
+                  AND j.id <> ALL (v_taken)  -- still queued to this call's snapshot
                   AND (j.model IS NULL OR j.model = p_model)
                   AND NOT EXISTS (
                       SELECT 1 FROM argus.embedding_jobs r
@@ -256,6 +260,7 @@ BEGIN
                 SELECT j.id FROM argus.embedding_jobs j
                 WHERE j.status = 'queued' AND j.project_id = v_lane.project_id
                   AND j.priority = v_lane.priority AND j.run_at <= now()
+                  AND j.id <> ALL (v_taken)  -- still queued to this call's snapshot
                   AND (j.model IS NULL OR j.model = p_model)
                   AND NOT EXISTS (
                       SELECT 1 FROM argus.embedding_jobs r
