@@ -145,7 +145,10 @@ ON CONFLICT DO NOTHING;
 -- at most as many jobs as keep its pass within one turn of the next lane's,
 -- and no more than its project's cap leaves (counted under the project's row
 -- lock, in a statement after the lock, so concurrent claimers never exceed
--- it). Never two running jobs for one (video, model). Nothing here waits on a
+-- it). A lane alone at its priority is not locked at all: claimers share it
+-- as the claim always shared jobs, with SKIP LOCKED on the job rows, so the
+-- common one-project queue claims in parallel. Never two running jobs for one
+-- (video, model). Nothing here waits on a
 -- lock except, with p_wait, the first lane of the call (holding nothing a lane
 -- holder could wait for): a caller told `busy` (the only claimable lanes were
 -- held by other claimers) calls again with p_wait, so one busy lane
@@ -166,6 +169,8 @@ DECLARE
     v_block    boolean := p_wait;  -- only the first pick may wait
     v_top      integer;
     v_lane     argus.project_lanes%ROWTYPE;
+    v_front    bigint[];
+    v_alone    boolean;
     v_weight   integer;
     v_cap      integer;
     v_running  integer;
@@ -189,10 +194,24 @@ BEGIN
     LOOP
         v_left := p_limit - cardinality(v_expired) - cardinality(v_taken);
         EXIT WHEN v_left <= 0;
+        -- The two lowest lanes of the highest priority, read without a lock.
         SELECT max(l.priority) INTO v_top
         FROM argus.project_lanes l WHERE l.lane_id <> ALL (v_skipped);
         EXIT WHEN v_top IS NULL;
-        IF v_block THEN
+        SELECT array_agg(f.lane_id ORDER BY f.pass, f.lane_id DESC) INTO v_front
+        FROM (SELECT l.lane_id, l.pass FROM argus.project_lanes l
+              WHERE l.priority = v_top AND l.lane_id <> ALL (v_skipped)
+              ORDER BY l.pass, l.lane_id DESC LIMIT 2) f;
+        v_alone := cardinality(v_front) = 1;
+        IF v_alone THEN
+            -- Nobody to take turns with: claimers share the lane as they share
+            -- the jobs (SKIP LOCKED), and its pass stays where it is, which is
+            -- where a lane opening beside it starts (and, on the tie, goes first).
+            SELECT * INTO v_lane FROM argus.project_lanes l WHERE l.lane_id = v_front[1];
+            IF NOT FOUND THEN
+                CONTINUE;  -- closed since: read the lanes again
+            END IF;
+        ELSIF v_block THEN
             SELECT * INTO v_lane FROM argus.project_lanes l
             WHERE l.priority = v_top AND l.lane_id <> ALL (v_skipped)
             ORDER BY l.pass, l.lane_id DESC LIMIT 1
@@ -215,9 +234,12 @@ BEGIN
         FROM argus.projects p WHERE p.project_id = v_lane.project_id;
         v_weight := coalesce(v_weight, 1);
         v_want := v_left;
-        SELECT min(l.pass) INTO v_next FROM argus.project_lanes l
-        WHERE l.priority = v_top AND l.lane_id <> v_lane.lane_id
-          AND l.lane_id <> ALL (v_skipped);
+        v_next := NULL;
+        IF NOT v_alone THEN
+            SELECT min(l.pass) INTO v_next FROM argus.project_lanes l
+            WHERE l.priority = v_top AND l.lane_id <> v_lane.lane_id
+              AND l.lane_id <> ALL (v_skipped);
+        END IF;
         IF v_next IS NOT NULL THEN
             v_want := least(v_want, greatest(1, ceil((v_next - v_lane.pass) * v_weight)::integer));
         END IF;
@@ -272,9 +294,11 @@ BEGIN
 
         IF cardinality(v_got) > 0 THEN
             v_taken := v_taken || v_got;
+        END IF;
+        IF cardinality(v_got) > 0 AND NOT v_alone THEN
             UPDATE argus.project_lanes l SET pass = l.pass + cardinality(v_got)::float8 / v_weight
             WHERE l.lane_id = v_lane.lane_id;
-        ELSE
+        ELSIF cardinality(v_got) = 0 THEN
             -- Nothing claimable here now (jobs not due, of another model, or
             -- waiting for a running twin) or nothing queued at all: close it then.
             PERFORM argus.close_project_lane(v_lane.lane_id);

@@ -126,22 +126,37 @@ def test_priority_comes_first_strictly(conn: psycopg.Connection[Any]) -> None:
     assert order == ["urgent"] * 5 + ["normal"] * 5 + ["backfill"] * 2
 
 
-def test_a_lower_priority_never_starts_while_a_claimer_holds_the_higher_lane(
+def test_a_lower_priority_never_starts_while_a_claimer_holds_the_higher_lanes(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    backlog(conn, "normal", 5)
+    backlog(conn, "other", 5)
+    backlog(conn, "backfill", 5, priority=-10)
+    with psycopg.connect(database_url) as holder:
+        # A claimer in the middle of its claim: it holds both priority-0 lanes.
+        holder.execute(
+            "SELECT * FROM argus.claim_jobs(%s, 'holder', 2, 60, false)", (MODEL,)
+        ).fetchall()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            other = pool.submit(claimed_projects, conn, 1)
+            time.sleep(0.5)
+            assert not other.done()  # it waits for a lane; it does not take the backfill
+            holder.commit()
+            assert other.result(timeout=10)[0] in {"normal", "other"}
+
+
+def test_claimers_share_a_lane_alone_at_its_priority(
     conn: psycopg.Connection[Any], database_url: str
 ) -> None:
     backlog(conn, "normal", 5)
     backlog(conn, "backfill", 5, priority=-10)
     with psycopg.connect(database_url) as holder:
-        # A claimer in the middle of its claim: it holds the priority-0 lane.
         holder.execute(
             "SELECT * FROM argus.claim_jobs(%s, 'holder', 1, 60, false)", (MODEL,)
         ).fetchall()
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            other = pool.submit(claimed_projects, conn, 1)
-            time.sleep(0.5)
-            assert not other.done()  # it waits for the lane; it does not take the backfill
-            holder.commit()
-            assert other.result(timeout=10) == ["normal"]
+        # No turn to take with one project: a second claimer does not wait for the first.
+        assert claimed_projects(conn, 1) == ["normal"]
+        holder.rollback()
 
 
 def test_the_null_project_is_one_more_project(conn: psycopg.Connection[Any]) -> None:
