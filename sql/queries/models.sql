@@ -14,8 +14,15 @@ SELECT argus.register_model(%(model)s, %(dimension)s) AS partition_name;
 SELECT model, dimension, index_kind, partition_name, segment_rows
 FROM argus.models WHERE model = %(model)s;
 
+-- name: known_segments
+SELECT lower_bound FROM argus.segments
+WHERE model = %(model)s AND lower_bound = ANY(%(lower_bounds)s);
+
 -- name: ensure_segments
 SELECT lower_bound FROM argus.ensure_segments(%(model)s, %(frame_ids)s) AS lower_bound;
+
+-- name: precreate_segments
+SELECT lower_bound FROM argus.precreate_segments(%(model)s, %(ahead)s) AS lower_bound;
 
 -- name: sealed_segments
 SELECT lower_bound FROM argus.sealed_segments(%(model)s, make_interval(secs => %(quiet_seconds)s))

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 KINDS = ("hnsw", "ivfflat", "none")
 DEFAULT_KIND = "hnsw"
 QUIET_SECONDS = 600.0  # a complete-range segment with no writes this long seals anyway
+AHEAD = 2  # segments created past the one holding the newest frame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,15 @@ def _register(connection: psycopg.Connection[Any], block: str, params: dict[str,
 
 
 class Segments:
-    """Creates the segments a batch writes into, once per segment per process."""
+    """Finds (or, failing that, creates) the segments a batch writes into, once per
+    segment per process.
+
+    The indexer service creates segments ahead of the write frontier
+    (`precreate`), so a write normally only reads argus.segments. A segment that is
+    not there yet is created here (CREATE TABLE, then ATTACH: no lock that a reader
+    holds); its definer function waits at most its lock_timeout for a lock, and a
+    write that could not get one fails as a transient database error, retried.
+    """
 
     def __init__(self, model: ModelInfo) -> None:
         self.model = model
@@ -111,20 +120,42 @@ class Segments:
     def ensure(self, connection: psycopg.Connection[Any], frame_ids: Iterable[int]) -> None:
         rows = self.model.segment_rows
         with self._lock:
-            missing = {
-                frame_id for frame_id in frame_ids if frame_id // rows * rows not in self._known
-            }
+            missing = {frame_id // rows * rows for frame_id in frame_ids} - self._known
         if not missing:
             return
-        # Own short transaction: creating a partition locks the model's partition,
-        # which must not be held across a batch's COPY.
+        q = db.queries()
+        params = {"model": self.model.model, "lower_bounds": sorted(missing)}
+        # Own short transactions: nothing here may be held across a batch's COPY.
         with connection.transaction():
-            created = connection.execute(
-                db.queries()["ensure_segments"],
-                {"model": self.model.model, "frame_ids": sorted(missing)},
-            ).fetchall()
+            found = {row["lower_bound"] for row in connection.execute(q["known_segments"], params)}
+        if missing - found:
+            frame_ids = sorted(missing - found)  # a segment's lower bound is one of its ids
+            try:
+                with connection.transaction():
+                    connection.execute(
+                        q["ensure_segments"], {"model": self.model.model, "frame_ids": frame_ids}
+                    ).fetchall()
+            except psycopg.errors.LockNotAvailable:
+                log.warning(
+                    "segments %s of %s: not created within the lock timeout (a lock on the "
+                    "model's partition or on argus.frames is held); the write is retried",
+                    frame_ids,
+                    self.model.model,
+                )
+                raise
+            found |= set(frame_ids)
         with self._lock:
-            self._known.update(row["lower_bound"] for row in created)
+            self._known.update(found)
+
+
+def precreate(connection: psycopg.Connection[Any], model: str, *, ahead: int = AHEAD) -> list[int]:
+    """Attach the segment holding the newest frame and `ahead` past it, if missing,
+    so writes find them there; returns the lower bounds created."""
+    with connection.transaction():
+        rows = connection.execute(
+            db.queries()["precreate_segments"], {"model": model, "ahead": ahead}
+        ).fetchall()
+    return [row["lower_bound"] for row in rows]
 
 
 def build_sealed(

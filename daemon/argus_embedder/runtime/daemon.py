@@ -97,7 +97,8 @@ def describe_device(requested: str, actual: str) -> str:
 
 def _background(config: Settings, model: Embedder) -> list[periodic.Task]:
     """The daemon's periodic work beside the loop: its registry row, the queue
-    gauges and, unless ARGUS_RECONCILE_INTERVAL=0, the reconciler."""
+    gauges, segments ahead of the writes and, unless ARGUS_RECONCILE_INTERVAL=0,
+    the reconciler."""
     tasks = [
         registry.task(
             config.worker_id,
@@ -106,6 +107,7 @@ def _background(config: Settings, model: Embedder) -> list[periodic.Task]:
             version=__version__,
         ),
         queue_gauges.task(config),
+        indexer.segments_task(config.model),
     ]
     if config.reconcile_interval > 0:
         tasks.append(reconciler.task(config))
