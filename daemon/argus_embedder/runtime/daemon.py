@@ -12,7 +12,14 @@ import psycopg
 from argus_embedder import __version__, db, errors
 from argus_embedder.pipeline import preparing
 from argus_embedder.runtime import health, metrics, sdnotify, shutdown
-from argus_embedder.services import indexer, periodic, queue_gauges, reconciler, registry
+from argus_embedder.services import (
+    compactor,
+    indexer,
+    periodic,
+    queue_gauges,
+    reconciler,
+    registry,
+)
 from argus_embedder.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,9 +59,10 @@ def run(config: Settings, *, burst: bool = False) -> int:
                     decode_processes=preparing.processes(config.decode_processes),
                 ) as loop,
                 periodic.service(url, [indexer.task(config.model)], stop=stop) as indexing,
+                periodic.service(url, [compactor.task(config.model)], stop=stop) as compacting,
                 periodic.service(url, _background(config, model), stop=stop) as background,
             ):
-                state.watch(loop.keeper, indexing, background)
+                state.watch(loop.keeper, indexing, compacting, background)
                 state.set_model_warm()
                 state.beat()
                 log.info(
