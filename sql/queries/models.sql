@@ -1,5 +1,6 @@
--- argus.models and argus.segments: registration, segments, index builds and
--- drops, all through SECURITY DEFINER functions (argus_embedder.gateways.index).
+-- argus.models, argus.segments and argus.search_units: registration, segments,
+-- search units (builds, merges, publishing) and drops, all through SECURITY
+-- DEFINER functions (argus_embedder.gateways.index).
 
 -- name: ensure_model_index
 -- The schema owner's (migrate): the index kind, the segment size.
@@ -14,15 +15,36 @@ SELECT argus.register_model(%(model)s, %(dimension)s) AS partition_name;
 SELECT model, dimension, index_kind, partition_name, segment_rows
 FROM argus.models WHERE model = %(model)s;
 
+-- name: known_segments
+SELECT lower_bound FROM argus.segments
+WHERE model = %(model)s AND lower_bound = ANY(%(lower_bounds)s);
+
 -- name: ensure_segments
 SELECT lower_bound FROM argus.ensure_segments(%(model)s, %(frame_ids)s) AS lower_bound;
 
--- name: sealed_segments
-SELECT lower_bound FROM argus.sealed_segments(%(model)s, make_interval(secs => %(quiet_seconds)s))
-    AS lower_bound;
+-- name: precreate_segments
+SELECT lower_bound FROM argus.precreate_segments(%(model)s, %(ahead)s) AS lower_bound;
 
--- name: index_segment
-SELECT argus.index_segment(%(model)s, %(lower_bound)s) AS index_name;
+-- name: unit_next
+SELECT argus.unit_next(%(model)s, %(fanout)s, make_interval(secs => %(quiet_seconds)s),
+                       %(tier0_only)s) AS unit_id;
+
+-- name: unit_fill
+SELECT argus.unit_fill(%(unit_id)s) AS rows;
+
+-- name: unit_publish
+SELECT argus.unit_publish(%(unit_id)s) AS published;
+
+-- name: drop_retired_units
+SELECT argus.drop_retired_units(%(model)s, make_interval(secs => %(grace_seconds)s)) AS dropped;
+
+-- name: unit
+SELECT id, model, lower_bound, upper_bound, tier, kind, table_name, state, rows, build_seconds
+FROM argus.search_units WHERE id = %(unit_id)s;
+
+-- name: units
+SELECT id, model, lower_bound, upper_bound, tier, kind, table_name, state, rows, build_seconds
+FROM argus.search_units WHERE model = %(model)s ORDER BY lower_bound, tier, id;
 
 -- name: segment_report
 SELECT s.lower_bound, s.upper_bound, s.index_name, s.indexed_at

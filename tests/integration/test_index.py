@@ -1,5 +1,6 @@
-"""The segmented vector index: writes stay unindexed, sealed segments get a bulk index,
-search merges ANN scans with an exact scan of what is not indexed yet."""
+"""The segmented vector index: writes stay unindexed, sealed segments get a bulk-indexed
+search unit, search merges the units' ANN scans with an exact scan of what no unit
+covers yet."""
 
 from __future__ import annotations
 
@@ -70,11 +71,11 @@ def add_frames(conn: psycopg.Connection[Any], count: int, video: str = "v") -> l
     ]
 
 
-def plan(conn: psycopg.Connection[Any], model: index.ModelInfo, query: np.ndarray) -> str:
+def plan(conn: psycopg.Connection[Any], table: str, query: np.ndarray) -> str:
     rows = conn.execute(
-        f"EXPLAIN SELECT frame_id FROM argus.frame_embeddings WHERE model = %s "
-        f"ORDER BY embedding::halfvec({DIMENSION}) <=> %s::halfvec({DIMENSION}) LIMIT 10",
-        (model.model, query),
+        f"EXPLAIN SELECT frame_id FROM argus.{table} "
+        f"ORDER BY embedding <=> %s::halfvec({DIMENSION}) LIMIT 10",
+        (query,),
     )
     return "\n".join(row["QUERY PLAN"] for row in rows)
 
@@ -101,9 +102,17 @@ def test_sealed_segments_get_a_bulk_index_and_search_sees_everything(
         (6000, False),
     ]
 
-    explained = plan(conn, model, vectors[0])
-    assert explained.count("Index Scan using") == 2, explained
-    assert "Seq Scan" in explained  # the growing segment is scanned exactly
+    live = [unit for unit in index.units(conn, MODEL) if unit.state == "live"]
+    assert [(unit.lower_bound, unit.upper_bound, unit.rows) for unit in live] == [
+        (0, 3000, 2999),  # frame ids start at 1
+        (3000, 6000, 3000),
+    ]
+    assert [unit.table_name for unit in live] == built
+    for unit in live:  # each unit is searched through its own ANN index
+        explained = plan(conn, unit.table_name, vectors[0])
+        assert "Index Scan using" in explained and "hnsw" in explained, explained
+    # No ANN index on the segments themselves: writes and stragglers never maintain one.
+    assert all(table in built for table, _ in ann_indexes(conn))
 
     # A vector committed into the growing segment is found at once.
     fresh = add_frames(conn, 1, video="late")
@@ -220,9 +229,8 @@ def test_regression_bug10_a_kind_change_during_a_build_leaves_no_orphan_index(
     database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
     """Regression (issue 16 bug 10): a kind change that ran while a build was inside its
-    transaction did not see the new index (not committed yet), then cleared index_name
-    once the build committed: the `_hnsw` index stayed, unrecorded, and the next build
-    added an `_ivfflat` one beside it."""
+    transaction must wait for it and leave no index of the old kind behind (with units:
+    the unit built in the old kind is dropped, and rebuilt in the new one)."""
     import threading
 
     from argus_embedder import db
@@ -230,11 +238,11 @@ def test_regression_bug10_a_kind_change_during_a_build_leaves_no_orphan_index(
     model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
     ids = add_frames(conn, 150)
     write_vectors(conn, model, ids, clustered(150))
+    unit_id = index.next_unit(conn, MODEL, fanout=2, tier0_only=True)
+    assert unit_id is not None
     with db.connect(database_url) as builder:  # a daemon's build, not committed yet
-        built = builder.execute(
-            db.queries()["index_segment"], {"model": MODEL, "lower_bound": 0}
-        ).fetchone()
-        assert built is not None and built["index_name"].endswith("_hnsw")
+        filled = builder.execute(db.queries()["unit_fill"], {"unit_id": unit_id}).fetchone()
+        assert filled is not None and filled["rows"] == 99
         changed = threading.Event()
         failure: list[BaseException] = []
 
@@ -254,24 +262,25 @@ def test_regression_bug10_a_kind_change_during_a_build_leaves_no_orphan_index(
     operator.join(timeout=30)
     assert not failure, failure
     assert waited
-    segment = conn.execute(
-        "SELECT partition_name, index_name FROM argus.segments "
-        "WHERE model = %s AND lower_bound = 0",
-        (MODEL,),
-    ).fetchone()
-    assert segment is not None and segment["index_name"] is None
-    assert ann_indexes(conn) == []  # the build's index went with the kind it was built for
+    assert index.units(conn, MODEL) == []  # the unit built in the old kind went
+    assert ann_indexes(conn) == []
     rebuilt = index.build_sealed(conn, MODEL)
     assert [name.rsplit("_", 1)[1] for name in rebuilt] == ["ivfflat"]
-    assert ann_indexes(conn) == [(segment["partition_name"], rebuilt[0])]
+    assert [table for table, _ in ann_indexes(conn)] == rebuilt
 
-    # An orphan left by an older version goes with the next `migrate --model M --index K`.
+    # An orphan left on a segment by an older version goes with the next
+    # `migrate --model M --index K`.
+    segment = conn.execute(
+        "SELECT partition_name FROM argus.segments WHERE model = %s AND lower_bound = 0",
+        (MODEL,),
+    ).fetchone()
+    assert segment is not None
     conn.execute(
         f"CREATE INDEX stray ON argus.{segment['partition_name']} "
         f"USING hnsw ((embedding::halfvec({DIMENSION})) halfvec_cosine_ops)"
     )
     index.register(conn, MODEL, DIMENSION, "ivfflat")
-    assert ann_indexes(conn) == [(segment["partition_name"], rebuilt[0])]
+    assert [table for table, _ in ann_indexes(conn)] == rebuilt
 
 
 def test_regression_bug11_segment_size_is_fixed_once_segments_exist(

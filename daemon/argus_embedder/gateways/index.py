@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 KINDS = ("hnsw", "ivfflat", "none")
 DEFAULT_KIND = "hnsw"
 QUIET_SECONDS = 600.0  # a complete-range segment with no writes this long seals anyway
+AHEAD = 2  # segments created past the one holding the newest frame
+PUBLISH_ATTEMPTS = 8  # tries to publish a unit while stragglers hold its segments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +103,15 @@ def _register(connection: psycopg.Connection[Any], block: str, params: dict[str,
 
 
 class Segments:
-    """Creates the segments a batch writes into, once per segment per process."""
+    """Finds (or, failing that, creates) the segments a batch writes into, once per
+    segment per process.
+
+    The indexer service creates segments ahead of the write frontier
+    (`precreate`), so a write normally only reads argus.segments. A segment that is
+    not there yet is created here (CREATE TABLE, then ATTACH: no lock that a reader
+    holds); its definer function waits at most its lock_timeout for a lock, and a
+    write that could not get one fails as a transient database error, retried.
+    """
 
     def __init__(self, model: ModelInfo) -> None:
         self.model = model
@@ -111,52 +121,165 @@ class Segments:
     def ensure(self, connection: psycopg.Connection[Any], frame_ids: Iterable[int]) -> None:
         rows = self.model.segment_rows
         with self._lock:
-            missing = {
-                frame_id for frame_id in frame_ids if frame_id // rows * rows not in self._known
-            }
+            missing = {frame_id // rows * rows for frame_id in frame_ids} - self._known
         if not missing:
             return
-        # Own short transaction: creating a partition locks the model's partition,
-        # which must not be held across a batch's COPY.
+        q = db.queries()
+        params = {"model": self.model.model, "lower_bounds": sorted(missing)}
+        # Own short transactions: nothing here may be held across a batch's COPY.
         with connection.transaction():
-            created = connection.execute(
-                db.queries()["ensure_segments"],
-                {"model": self.model.model, "frame_ids": sorted(missing)},
-            ).fetchall()
+            found = {row["lower_bound"] for row in connection.execute(q["known_segments"], params)}
+        if missing - found:
+            frame_ids = sorted(missing - found)  # a segment's lower bound is one of its ids
+            try:
+                with connection.transaction():
+                    connection.execute(
+                        q["ensure_segments"], {"model": self.model.model, "frame_ids": frame_ids}
+                    ).fetchall()
+            except psycopg.errors.LockNotAvailable:
+                log.warning(
+                    "segments %s of %s: not created within the lock timeout (a lock on the "
+                    "model's partition or on argus.frames is held); the write is retried",
+                    frame_ids,
+                    self.model.model,
+                )
+                raise
+            found |= set(frame_ids)
         with self._lock:
-            self._known.update(row["lower_bound"] for row in created)
+            self._known.update(found)
+
+
+def precreate(connection: psycopg.Connection[Any], model: str, *, ahead: int = AHEAD) -> list[int]:
+    """Attach the segment holding the newest frame and `ahead` past it, if missing,
+    so writes find them there; returns the lower bounds created."""
+    with connection.transaction():
+        rows = connection.execute(
+            db.queries()["precreate_segments"], {"model": model, "ahead": ahead}
+        ).fetchall()
+    return [row["lower_bound"] for row in rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """A search unit: a private, ANN-indexed copy of the vectors of a frame-id range."""
+
+    id: int
+    model: str
+    lower_bound: int
+    upper_bound: int
+    tier: int
+    kind: str
+    table_name: str
+    state: str
+    rows: int | None
+    build_seconds: float | None
+
+
+def next_unit(
+    connection: psycopg.Connection[Any],
+    model: str,
+    *,
+    fanout: int,
+    tier0_only: bool,
+    quiet_seconds: float = QUIET_SECONDS,
+) -> int | None:
+    """The unit to work on next (one under way, else a sealed segment's, else a merge),
+    created with its straggler triggers and committed; None when there is nothing to do
+    or another daemon holds the indexer lock."""
+    with connection.transaction():
+        row = connection.execute(
+            db.queries()["unit_next"],
+            {
+                "model": model,
+                "fanout": fanout,
+                "quiet_seconds": quiet_seconds,
+                "tier0_only": tier0_only,
+            },
+        ).fetchone()
+    return None if row is None else row["unit_id"]
+
+
+def build_unit(
+    connection: psycopg.Connection[Any],
+    unit_id: int,
+    *,
+    publish_attempts: int = PUBLISH_ATTEMPTS,
+    stopping: Callable[[], bool] = lambda: False,
+) -> Unit | None:
+    """Fill `unit_id` (copy and bulk index, off everyone's path), then publish it; the
+    unit once live, None when another daemon holds the lock or the publish found its
+    source segments busy every time (it stays filled: the next pass publishes it)."""
+    q = db.queries()
+    with connection.transaction():
+        filled = connection.execute(q["unit_fill"], {"unit_id": unit_id}).fetchone()
+    if filled is None or filled["rows"] is None:
+        return None
+    for attempt in range(publish_attempts):
+        try:
+            with connection.transaction():
+                published = connection.execute(q["unit_publish"], {"unit_id": unit_id}).fetchone()
+        except psycopg.errors.LockNotAvailable:
+            published = None  # a straggler's write in flight: try again in a moment
+        if published is not None and published["published"]:
+            return unit(connection, unit_id)
+        if stopping():
+            break
+        time.sleep(min(2.0, 0.05 * 2**attempt))
+    return None
+
+
+def unit(connection: psycopg.Connection[Any], unit_id: int) -> Unit | None:
+    with connection.cursor(row_factory=class_row(Unit)) as cursor:
+        return cursor.execute(db.queries()["unit"], {"unit_id": unit_id}).fetchone()
+
+
+def units(connection: psycopg.Connection[Any], model: str) -> list[Unit]:
+    """`model`'s units, every state, by range."""
+    with connection.cursor(row_factory=class_row(Unit)) as cursor:
+        return cursor.execute(db.queries()["units"], {"model": model}).fetchall()
+
+
+def drop_retired(connection: psycopg.Connection[Any], model: str, *, grace_seconds: float) -> int:
+    """Drop the units retired more than `grace_seconds` ago; returns how many."""
+    try:
+        with connection.transaction():
+            row = connection.execute(
+                db.queries()["drop_retired_units"], {"model": model, "grace_seconds": grace_seconds}
+            ).fetchone()
+    except psycopg.errors.LockNotAvailable:
+        return 0  # a search still reads one: the next pass drops it
+    return 0 if row is None else int(row["dropped"])
 
 
 def build_sealed(
     connection: psycopg.Connection[Any], model: str, *, quiet_seconds: float = QUIET_SECONDS
 ) -> list[str]:
-    """Bulk-build the index of every sealed, unindexed segment of `model`.
+    """Index every sealed, uncovered segment of `model` (a tier-0 unit each).
 
-    One builder in the fleet at a time (argus.index_segment takes a transaction
-    advisory lock); returns the indexes built here ([] while another daemon builds).
+    One builder in the fleet at a time (the indexer's transaction advisory lock);
+    returns the units built here ([] while another daemon builds).
     """
-    q = db.queries()
-    with connection.transaction():
-        sealed = connection.execute(
-            q["sealed_segments"], {"model": model, "quiet_seconds": quiet_seconds}
-        ).fetchall()
     built: list[str] = []
-    for segment in sealed:
+    while True:
+        unit_id = next_unit(
+            connection, model, fanout=2, tier0_only=True, quiet_seconds=quiet_seconds
+        )
+        if unit_id is None:
+            return built
         started = time.monotonic()
-        with connection.transaction():
-            result = connection.execute(
-                q["index_segment"], {"model": model, "lower_bound": segment["lower_bound"]}
-            ).fetchone()
-        if not (result and result["index_name"]):
-            break  # another daemon is building; it will carry on
-        built.append(result["index_name"])
+        done = build_unit(connection, unit_id)
+        if done is None:
+            return built  # another daemon is building, or the publish will be retried
+        if done.tier > 0:
+            continue  # a merge the compactor left under way, finished here
+        built.append(done.table_name)
         log.info(
-            "indexed segment %s of %s in %.1fs",
-            segment["lower_bound"],
+            "indexed segment %s of %s (%s rows) in %.1fs",
+            done.lower_bound,
             model,
+            done.rows,
             time.monotonic() - started,
         )
-    return built
 
 
 def unregister(connection: psycopg.Connection[Any], model: str, *, lock_timeout: str) -> None:

@@ -12,7 +12,14 @@ import psycopg
 from argus_embedder import __version__, db, errors
 from argus_embedder.pipeline import preparing
 from argus_embedder.runtime import health, metrics, sdnotify, shutdown
-from argus_embedder.services import indexer, periodic, queue_gauges, reconciler, registry
+from argus_embedder.services import (
+    compactor,
+    indexer,
+    periodic,
+    queue_gauges,
+    reconciler,
+    registry,
+)
 from argus_embedder.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,9 +59,10 @@ def run(config: Settings, *, burst: bool = False) -> int:
                     decode_processes=preparing.processes(config.decode_processes),
                 ) as loop,
                 periodic.service(url, [indexer.task(config.model)], stop=stop) as indexing,
+                periodic.service(url, [compactor.task(config.model)], stop=stop) as compacting,
                 periodic.service(url, _background(config, model), stop=stop) as background,
             ):
-                state.watch(loop.keeper, indexing, background)
+                state.watch(loop.keeper, indexing, compacting, background)
                 state.set_model_warm()
                 state.beat()
                 log.info(
@@ -97,7 +105,8 @@ def describe_device(requested: str, actual: str) -> str:
 
 def _background(config: Settings, model: Embedder) -> list[periodic.Task]:
     """The daemon's periodic work beside the loop: its registry row, the queue
-    gauges and, unless ARGUS_RECONCILE_INTERVAL=0, the reconciler."""
+    gauges, segments ahead of the writes and, unless ARGUS_RECONCILE_INTERVAL=0,
+    the reconciler."""
     tasks = [
         registry.task(
             config.worker_id,
@@ -106,6 +115,7 @@ def _background(config: Settings, model: Embedder) -> list[periodic.Task]:
             version=__version__,
         ),
         queue_gauges.task(config),
+        indexer.segments_task(config.model),
     ]
     if config.reconcile_interval > 0:
         tasks.append(reconciler.task(config))

@@ -1,0 +1,208 @@
+"""Compaction (issue 18): sealed segments become search units, merged in tiers off the write
+path; a committed vector is never invisible to search and never listed twice, before,
+during and after a merge, while writes and stragglers continue."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from argus_embedder import db
+from argus_embedder.commands import search
+from argus_embedder.gateways import index
+from argus_embedder.services import compactor
+from tests.integration.test_index import DIMENSION, add_frames, clustered, write_vectors
+
+MODEL = "test/compaction"
+
+
+def live_units(conn: psycopg.Connection[Any]) -> list[index.Unit]:
+    return [unit for unit in index.units(conn, MODEL) if unit.state == "live"]
+
+
+def placement(database_url: str) -> tuple[set[int], dict[int, int]]:
+    """In one snapshot: the ids with a vector (the truth), and how many times each is held
+    by what search reads (the live units plus the segments none of them covers)."""
+    with db.connect(database_url) as connection:
+        connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        committed = {
+            row["frame_id"]
+            for row in connection.execute(
+                "SELECT frame_id FROM argus.frame_embeddings "
+                "WHERE model = %s AND embedding IS NOT NULL",
+                (MODEL,),
+            )
+        }
+        units = connection.execute(
+            "SELECT table_name, lower_bound, upper_bound FROM argus.search_units "
+            "WHERE model = %s AND state = 'live'",
+            (MODEL,),
+        ).fetchall()
+        seen: dict[int, int] = {}
+        for unit in units:
+            for row in connection.execute(f"SELECT frame_id FROM argus.{unit['table_name']}"):
+                seen[row["frame_id"]] = seen.get(row["frame_id"], 0) + 1
+        for frame_id in committed:
+            if not any(u["lower_bound"] <= frame_id < u["upper_bound"] for u in units):
+                seen[frame_id] = seen.get(frame_id, 0) + 1  # the exact scan's
+        connection.rollback()
+    return committed, seen
+
+
+def test_segments_merge_in_tiers_and_search_probes_log_many_units(
+    conn: psycopg.Connection[Any],
+) -> None:
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
+    ids = add_frames(conn, 1650)  # 16 sealed segments [0, 1600) and an open one
+    vectors = clustered(1650, seed=5)
+    write_vectors(conn, model, ids, vectors)
+    steps = 0
+    while compactor.compact_once(conn, MODEL):
+        steps += 1
+    # 16 tier-0 units, 4 merges into tier 1, one merge into tier 2.
+    assert steps == 16 + 4 + 1
+    live = live_units(conn)
+    assert [(u.tier, u.lower_bound, u.upper_bound) for u in live] == [(2, 0, 1600)]
+    built = [u for u in index.units(conn, MODEL)]
+    assert {u.state for u in built} == {"live", "retired"}
+    indexed = sum(u.rows or 0 for u in built)
+    amplification = indexed / 1650
+    print(f"write amplification (rows indexed / rows written): {amplification:.2f}")
+    assert 2.5 < amplification < 3.1  # each vector indexed at tiers 0, 1 and 2
+
+    # Retired units go after the grace period, and only then.
+    assert index.drop_retired(conn, MODEL, grace_seconds=3600) == 0
+    assert index.drop_retired(conn, MODEL, grace_seconds=0) == 20
+    assert [u.state for u in index.units(conn, MODEL)] == ["live"]
+
+    rng = np.random.default_rng(6)
+    recalls = []
+    for row in rng.integers(0, 1650, 10):
+        query = vectors[row]
+        exact = {ids[i] for i in np.argsort(-(vectors @ query))[:10]}
+        found = {hit.frame_id for hit in search.search(conn, MODEL, query, limit=10)}
+        recalls.append(len(exact & found) / 10)
+    assert np.mean(recalls) >= 0.95
+
+
+def test_a_committed_vector_is_found_exactly_once_while_merges_and_writes_run(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
+    ids = add_frames(conn, 800)
+    vectors = clustered(800, seed=7)
+    write_vectors(conn, model, ids, vectors)
+    stop = threading.Event()
+    failures: list[str] = []
+    checks = {"searches": 0, "placements": 0, "stragglers": 0, "appended": 0}
+
+    def compact() -> None:
+        with db.connect(database_url, autocommit=True) as connection:
+            while not stop.is_set():
+                if not compactor.compact_once(connection, MODEL):
+                    time.sleep(0.05)
+
+    def write() -> None:
+        # New segments fill (and seal) behind the merges, and sealed ones get
+        # stragglers: a frame's row deleted and written again (a re-embed).
+        rng = np.random.default_rng(8)
+        with db.connect(database_url, autocommit=True) as connection:
+            batch = 0
+            while not stop.is_set():
+                fresh = add_frames(connection, 25, video=f"more-{batch}")
+                write_vectors(connection, model, fresh, clustered(25, seed=100 + batch))
+                checks["appended"] += 25
+                frame_id = int(rng.choice(ids))
+                index.Segments(model).ensure(connection, [frame_id])
+                with connection.transaction():  # one commit: the frame always has a vector
+                    connection.execute(
+                        "DELETE FROM argus.frame_embeddings WHERE model = %s AND frame_id = %s",
+                        (MODEL, frame_id),
+                    )
+                    write_vectors(connection, model, [frame_id], clustered(1, seed=batch))
+                checks["stragglers"] += 1
+                batch += 1
+                time.sleep(0.05)
+
+    def verify() -> None:
+        with db.connect(database_url, autocommit=True) as connection:
+            while not stop.is_set():
+                committed, seen = placement(database_url)
+                twice = sorted(f for f, n in seen.items() if n > 1)
+                missing = sorted(committed - set(seen))
+                if twice or missing:
+                    failures.append(f"placement: twice {twice[:5]}, missing {missing[:5]}")
+                checks["placements"] += 1
+                before = {
+                    row["frame_id"]
+                    for row in connection.execute(
+                        "SELECT frame_id FROM argus.frame_embeddings WHERE model = %s",
+                        (MODEL,),
+                    )
+                }
+                hits = search.search(connection, MODEL, vectors[0], limit=len(before) + 200)
+                found = [hit.frame_id for hit in hits]
+                if len(found) != len(set(found)):
+                    failures.append(f"search listed {len(found) - len(set(found))} twice")
+                if before - set(found):
+                    failures.append(f"search missed {sorted(before - set(found))[:5]}")
+                checks["searches"] += 1
+
+    threads = [threading.Thread(target=target) for target in (compact, write, verify)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not failures:
+            tiers = {u.tier for u in live_units(conn)}
+            if 2 in tiers and checks["searches"] >= 20:
+                break
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    print(checks, [(u.tier, u.lower_bound, u.upper_bound) for u in live_units(conn)])
+    assert not failures, failures[:5]
+    assert 2 in {u.tier for u in live_units(conn)}, "no tier-2 merge happened in time"
+    assert checks["searches"] >= 20 and checks["stragglers"] > 0
+
+
+def test_a_unit_build_does_not_block_a_stragglers_write(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    """The index is built on the unit's own table, which no writer touches: a straggler's
+    write into the very segment being indexed goes through while the build is open."""
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
+    ids = add_frames(conn, 150)
+    write_vectors(conn, model, ids, clustered(150))
+    unit_id = index.next_unit(conn, MODEL, fanout=4, tier0_only=True)
+    assert unit_id is not None
+    with db.connect(database_url) as builder:  # the build, its transaction still open
+        builder.execute(db.queries()["unit_fill"], {"unit_id": unit_id}).fetchone()
+        with db.connect(database_url, autocommit=True) as straggler:
+            straggler.execute("SET lock_timeout = '5s'")
+            with straggler.transaction():
+                straggler.execute(
+                    "DELETE FROM argus.frame_embeddings WHERE model = %s AND frame_id = %s",
+                    (MODEL, ids[10]),
+                )
+            started = time.monotonic()
+            write_vectors(straggler, model, [ids[10]], clustered(1, seed=99))
+            assert time.monotonic() - started < 5  # it did not wait for the build
+        builder.commit()
+    unit = index.build_unit(conn, unit_id)
+    assert unit is not None and unit.state == "live"
+    # The straggler's new vector is in the unit (replayed at publish), once.
+    query = clustered(1, seed=99)[0]
+    hits = search.search(conn, MODEL, query, limit=3)
+    assert hits[0].frame_id == ids[10] and hits[0].score == pytest.approx(1.0, abs=2e-3)
+    held = conn.execute(
+        f"SELECT count(*) AS n FROM argus.{unit.table_name} WHERE frame_id = %s", (ids[10],)
+    ).fetchone()
+    assert held == {"n": 1}
