@@ -6,9 +6,6 @@ import http.client
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,11 +50,7 @@ def frames(
     folder.mkdir()
     for index in range(6):
         (folder / f"{index:03d}.jpg").write_bytes(textured_jpeg(index))
-    monkeypatch.setenv("ARGUS_DATABASE_URL", database_url)
-    monkeypatch.setenv("ARGUS_MODEL", str(tiny_siglip_dir))
-    monkeypatch.setenv("ARGUS_METRICS_PORT", "0")
-    assert cli.main(["ingest", "clip", str(folder), "--project", "p1"]) == 0
-    assert cli.main(["run", "--burst"]) == 0
+    support.ingest_and_embed(monkeypatch, database_url, tiny_siglip_dir, folder)
     capsys.readouterr()
     return folder
 
@@ -228,21 +221,7 @@ def test_serves_as_a_login_role_holding_only_argus_reader(
 
 
 def test_sigterm_exits_0(frames: Path) -> None:
-    with subprocess.Popen(
-        [sys.executable, "-m", "argus_embedder", "serve", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        assert process.stderr is not None
-        deadline = time.monotonic() + 120
-        port = None
-        while port is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if "serving search on http://" in line:
-                port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
-            elif not line:
-                break
-        assert port is not None, "serve never said where it listens"
-        assert get(port, "/livez")[0] == 200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+    with support.serve_process() as served:
+        assert get(served.port, "/livez")[0] == 200
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=30) == 0
