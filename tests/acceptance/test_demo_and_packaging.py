@@ -164,6 +164,9 @@ def test_built_wheel_ships_the_sql_and_migrates(tmp_path: Path, empty_database_u
         names = archive.namelist()
         assert "argus_embedder/sql/queries/jobs.sql" in names
         assert "argus_embedder/sql/migrations/0001_initial.sql" in names
+        page = "argus_embedder/commands/search_page/"
+        for name in ("index.html", "search.css", "search.js"):
+            assert page + name in names, name  # serve's page, package data
         site = tmp_path / "site"
         archive.extractall(site)
     probe = (
