@@ -107,6 +107,7 @@ def test_demo_shows_our_messages_not_library_warnings_regression_bug13(
     assert noise == [], "\n".join(lines)
 
 
+@pytest.mark.timeout(600)  # six CLI processes, each loading torch: minutes on 2 busy cores
 def test_after_the_demo_status_search_and_serve_work_with_nothing_set(demo_run: DemoRun) -> None:
     """Issue 19: the demo's next commands, as it prints them, with no ARGUS_* variable:
     the same embedded database and, offline, the demo's tiny model (said plainly). A

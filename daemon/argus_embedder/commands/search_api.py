@@ -16,11 +16,10 @@ import importlib.resources
 import json
 import logging
 import re
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -321,15 +320,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-class SearchServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True  # a slow client never holds up shutdown
-    allow_reuse_address = True
-    address_family: ClassVar[socket.AddressFamily] = socket.AF_INET  # type: ignore[misc]
+class SearchServer(health.HttpServer):
+    """`serve`'s server, on an IPv4 or IPv6 address."""
 
     def __init__(self, address: tuple[str, int], service: SearchService) -> None:
         self.service = service
         super().__init__(address, _Handler)
-
-
-class SearchServer6(SearchServer):
-    address_family: ClassVar[socket.AddressFamily] = socket.AF_INET6  # type: ignore[misc]

@@ -68,9 +68,8 @@ def running(config: Settings, host: str, port: int) -> Iterator[search_api.Searc
             fetch=storage.Storage(config).fetch,
             state=state,
         )
-        server_class = search_api.SearchServer6 if ":" in host else search_api.SearchServer
         try:
-            server = server_class((host, port), service)
+            server = search_api.SearchServer((host, port), service)
         except OSError as error:
             raise errors.ConfigError(
                 f"cannot listen on {host}:{port} ({error.strerror or error}); pick --port"
