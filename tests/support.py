@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
-from argus_embedder import settings
+from argus_embedder import cli, settings
 from argus_embedder.gateways import frames, queue
 
 
@@ -21,12 +28,20 @@ def add_video(
     priority: int = 0,
     project_id: str | None = None,
     first_index: int = 0,
+    interval_ms: int | None = None,
 ) -> int | None:
-    """Insert a video's frames the way the frame stage does, then (optionally) its job."""
+    """Insert a video's frames the way the frame stage does, then (optionally) its job.
+    With `interval_ms`, frame i is at i * interval_ms into the video."""
     frames.insert(
         connection,
         [
-            frames.NewFrame(video_id, first_index + i, uri, project_id=project_id)
+            frames.NewFrame(
+                video_id,
+                first_index + i,
+                uri,
+                project_id=project_id,
+                timestamp_ms=None if interval_ms is None else (first_index + i) * interval_ms,
+            )
             for i, uri in enumerate(uris)
         ],
     )
@@ -105,3 +120,71 @@ def claim_plans(connection: psycopg.Connection[Any], q: queue.Queue, limit: int 
     finally:
         connection.remove_notice_handler(keep)
     return "\n".join(notices)
+
+
+def use_database(monkeypatch: pytest.MonkeyPatch, database_url: str, model: Path | str) -> None:
+    """Point in-process CLI commands at the test database and model (no metrics port)."""
+    monkeypatch.setenv("ARGUS_DATABASE_URL", database_url)
+    monkeypatch.setenv("ARGUS_MODEL", str(model))
+    monkeypatch.setenv("ARGUS_METRICS_PORT", "0")
+
+
+def ingest_and_embed(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    model: Path | str,
+    folder: Path,
+    *,
+    video_id: str = "clip",
+    project_id: str = "p1",
+) -> None:
+    """What a user does first: `ingest VIDEO FOLDER --project P`, then `run --burst`."""
+    use_database(monkeypatch, database_url, model)
+    assert cli.main(["ingest", video_id, str(folder), "--project", project_id]) == 0
+    assert cli.main(["run", "--burst"]) == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    port: int
+    process: subprocess.Popen[str]
+    said: list[str]  # its stderr up to the line that gave the port
+
+
+@contextlib.contextmanager
+def serve_process(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> Iterator[Served]:
+    """`argus-embedder serve --port 0 ARGS` in a child process, once it says where it
+    listens; SIGTERM (then SIGKILL) when the block ends. Its stderr is drained to a list
+    the failure message shows."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "argus_embedder", "serve", "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=None if env is None else dict(env),
+    )
+    assert process.stderr is not None
+    said: list[str] = []
+    try:
+        deadline = time.monotonic() + timeout
+        port = None
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            said.append(line)
+            if "serving search on http://" in line:
+                port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
+            elif not line:
+                break
+        assert port is not None, "serve never said where it listens:\n" + "".join(said)
+        yield Served(port, process, said)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        process.stderr.close()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests import support
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +33,18 @@ LIBRARY_NOISE = (
 class DemoRun:
     result: subprocess.CompletedProcess[str]
     elapsed: float
+    env: dict[str, str]  # the newcomer's environment: a fresh home, no ARGUS_* variable
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "argus_embedder", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +58,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
         "XDG_DATA_HOME": str(home / "data"),
         "HF_HUB_OFFLINE": "1",
     }
-    env.pop("ARGUS_DATABASE_URL", None)
+    for name in [name for name in env if name.startswith("ARGUS_")]:
+        del env[name]
     env.pop("XDG_RUNTIME_DIR", None)
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "argus_embedder", "demo"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    return DemoRun(result, time.monotonic() - started)
+    result = run_cli(env, "demo")
+    return DemoRun(result, time.monotonic() - started, env)
 
 
 def test_demo_runs_end_to_end_on_an_embedded_postgres(demo_run: DemoRun) -> None:
@@ -63,8 +73,20 @@ def test_demo_runs_end_to_end_on_an_embedded_postgres(demo_run: DemoRun) -> None
     out = result.stdout
     assert "TINY RANDOM SigLIP" in out and "meaningless" in out
     assert "succeeded 2" in out
-    assert 'search "a red car on a road": top 5 frames' in out
-    assert out.count(" demo-video-") >= 5
+    # Its own search, as moments: both videos, each with time ranges at 1 frame/s.
+    _, shown = out.split('search "a red car on a road" --by video', 1)
+    video_line = r"^ +\d\. -?[0-9.]+  video (demo-video-[12]) \(project demo\)$"
+    videos = re.findall(video_line, shown, re.M)
+    assert sorted(videos) == ["demo-video-1", "demo-video-2"], out
+    ranges = [
+        (int(m[0]) * 60 + int(m[1]), int(m[2]) * 60 + int(m[3]))
+        for m in re.findall(r"^ +(\d\d):(\d\d)\N{EN DASH}(\d\d):(\d\d)  frame \d+  ", shown, re.M)
+    ]
+    assert len(ranges) >= 2 and all(0 <= start <= end < 18 for start, end in ranges), out
+    # ...and what to run next, which the test below runs.
+    assert "argus-embedder status\n" in out
+    assert 'argus-embedder search "a red car on a road" --by video\n' in out
+    assert "argus-embedder serve        then open http://127.0.0.1:8478/" in out
     assert "Traceback" not in result.stderr
     assert elapsed < 120
 
@@ -83,6 +105,40 @@ def test_demo_shows_our_messages_not_library_warnings_regression_bug13(
         if re.search(LIBRARY_NOISE, line) or ("WARNING" in line and "argus_embedder" not in line)
     ]
     assert noise == [], "\n".join(lines)
+
+
+@pytest.mark.timeout(600)  # six CLI processes, each loading torch: minutes on 2 busy cores
+def test_after_the_demo_status_search_and_serve_work_with_nothing_set(demo_run: DemoRun) -> None:
+    """Issue 19: the demo's next commands, as it prints them, with no ARGUS_* variable:
+    the same embedded database and, offline, the demo's tiny model (said plainly). A
+    second demo first: it adds nothing twice and fails on nothing."""
+    assert demo_run.result.returncode == 0, demo_run.result.stdout + demo_run.result.stderr
+    env = demo_run.env
+    again = run_cli(env, "demo")
+    assert again.returncode == 0, again.stdout + again.stderr
+
+    status = run_cli(env, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    [coverage] = json.loads(status.stdout)["coverage"]
+    assert coverage["model"].endswith("demo-tiny-siglip")
+    assert (coverage["frames"], coverage["with_row"], coverage["failed"]) == (36, 36, 0)
+
+    search = run_cli(env, "search", "a dog", "--by", "video", "--json")
+    assert search.returncode == 0, search.stderr
+    assert "TINY RANDOM" in search.stderr and "meaningless for quality" in search.stderr
+    videos = json.loads(search.stdout)
+    assert sorted(video["video_id"] for video in videos) == ["demo-video-1", "demo-video-2"]
+    assert all(moment["start_ms"] is not None for video in videos for moment in video["moments"])
+    frames = run_cli(env, "search", "a dog", "--limit", "3")
+    assert frames.returncode == 0, frames.stderr
+    assert len(frames.stdout.splitlines()) == 3 and "demo-video-" in frames.stdout
+
+    with support.serve_process(env=env) as served:
+        assert "TINY RANDOM" in "".join(served.said)
+        url = f"http://127.0.0.1:{served.port}/search?q=a+dog&by=video"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200
+            assert json.loads(response.read()) == videos
 
 
 def test_built_wheel_ships_the_sql_and_migrates(tmp_path: Path, empty_database_url: str) -> None:
@@ -109,6 +165,9 @@ def test_built_wheel_ships_the_sql_and_migrates(tmp_path: Path, empty_database_u
         names = archive.namelist()
         assert "argus_embedder/sql/queries/jobs.sql" in names
         assert "argus_embedder/sql/migrations/0001_initial.sql" in names
+        page = "argus_embedder/commands/search_page/"
+        for name in ("index.html", "search.css", "search.js"):
+            assert page + name in names, name  # serve's page, package data
         site = tmp_path / "site"
         archive.extractall(site)
     probe = (

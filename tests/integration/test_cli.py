@@ -215,12 +215,8 @@ def test_ingest_run_search_round_trip(
     folder.mkdir()
     for index in range(6):
         (folder / f"{index:03d}.jpg").write_bytes(textured_jpeg(index))
-    monkeypatch.setenv("ARGUS_DATABASE_URL", database_url)
-    monkeypatch.setenv("ARGUS_MODEL", str(tiny_siglip_dir))
-    monkeypatch.setenv("ARGUS_METRICS_PORT", "0")
-    assert cli.main(["ingest", "clip", str(folder), "--project", "p1"]) == 0
+    support.ingest_and_embed(monkeypatch, database_url, tiny_siglip_dir, folder)
     assert "ingested 6 frame(s)" in capsys.readouterr().out
-    assert cli.main(["run", "--burst"]) == 0
     rows = support.embeddings(conn, "clip")
     assert len(rows) == 6 and all(row["embedding"] is not None for row in rows)
 

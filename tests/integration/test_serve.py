@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,11 +51,7 @@ def frames(
     folder.mkdir()
     for index in range(6):
         (folder / f"{index:03d}.jpg").write_bytes(textured_jpeg(index))
-    monkeypatch.setenv("ARGUS_DATABASE_URL", database_url)
-    monkeypatch.setenv("ARGUS_MODEL", str(tiny_siglip_dir))
-    monkeypatch.setenv("ARGUS_METRICS_PORT", "0")
-    assert cli.main(["ingest", "clip", str(folder), "--project", "p1"]) == 0
-    assert cli.main(["run", "--burst"]) == 0
+    support.ingest_and_embed(monkeypatch, database_url, tiny_siglip_dir, folder)
     capsys.readouterr()
     return folder
 
@@ -117,6 +111,17 @@ def test_search_returns_what_search_json_prints(
         ("/frames/../../etc/passwd", "a frame id is a positive integer"),
         ("/frames/99999999999999999999", "a frame id is a positive integer"),
         ("/frames/", "a frame id is a positive integer"),
+        ("/frames/1?width=0", "width must be an integer between 16 and 1024"),
+        ("/frames/1?width=15", "width must be an integer between 16 and 1024"),
+        ("/frames/1?width=1025", "width must be an integer between 16 and 1024"),
+        ("/frames/1?width=99999999999999999999", "width must be"),
+        ("/frames/1?width=-64", "width must be"),
+        ("/frames/1?width=%2B64", "width must be"),
+        ("/frames/1?width=6%C2%B2", "width must be"),  # a superscript two: isdigit() says yes
+        ("/frames/1?width=", "width must be"),
+        ("/frames/1?width=64&width=65", "width given more than once"),
+        ("/frames/1?height=64", "unknown parameter"),
+        ("/frames/1?width=%ff", "malformed query string"),
     ],
 )
 def test_bad_input_is_a_400_with_a_json_error(port: int, path: str, message: str) -> None:
@@ -177,6 +182,51 @@ def test_frames_are_served_byte_for_byte_from_s3_and_file(
         assert s3.bucket not in body.decode()  # the storage location stays inside
 
 
+def test_the_search_page_and_its_files(port: int) -> None:
+    status, headers, body = get(port, "/")
+    assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+    assert b'<form id="search"' in body and b'src="/static/search.js"' in body
+    # The page may load only its own files: an injected string could run nothing.
+    policy = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy
+    assert get(port, "/?q=a+car&by=video")[2] == body  # a shared address: the same page
+    for path, kind in (
+        ("/static/search.js", "text/javascript; charset=utf-8"),
+        ("/static/search.css", "text/css; charset=utf-8"),
+    ):
+        status, headers, body = get(port, path)
+        assert (status, headers["Content-Type"]) == (200, kind) and len(body) > 500
+    for path in ("/static/", "/static/../pyproject.toml", "/static/index.html", "/index.html"):
+        status, _, body = get(port, path)
+        assert status == 404 and "not found" in json.loads(body)["error"], path
+    assert get(port, "/", method="POST")[0] == 405
+
+
+def test_frames_scaled_down_on_request(
+    frames: Path, port: int, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    (not_an_image := tmp_path / "not-an-image.jpg").write_bytes(b"plain text, not a JPEG")
+    support.add_video(conn, "broken", [not_an_image.as_uri()], enqueue=False)
+    ids = {
+        (row["video_id"], row["frame_index"]): row["id"]
+        for row in conn.execute("SELECT id, video_id, frame_index FROM argus.frames")
+    }
+    frame = ids[("clip", 2)]
+    status, headers, body = get(port, f"/frames/{frame}?width=64")
+    assert (status, headers["Content-Type"]) == (200, "image/jpeg")
+    assert headers["Cache-Control"] == "private, max-age=86400"
+    assert Image.open(io.BytesIO(body)).size == (64, 36)  # 160x90, the ratio kept
+    # Never scaled up: as wide or wider than the frame is the frame itself.
+    for width in (160, 1024):
+        assert get(port, f"/frames/{frame}?width={width}")[2] == (frames / "002.jpg").read_bytes()
+    assert get(port, f"/frames/{ids[('broken', 0)]}")[2] == not_an_image.read_bytes()
+    status, _, body = get(port, f"/frames/{ids[('broken', 0)]}?width=64")
+    assert (status, json.loads(body)) == (404, {"error": "the frame's image cannot be decoded"})
+    assert get(port, "/frames/999999?width=64")[0] == 404
+
+
 def test_an_unexpected_error_is_a_500_without_a_traceback(
     frames: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -228,21 +278,7 @@ def test_serves_as_a_login_role_holding_only_argus_reader(
 
 
 def test_sigterm_exits_0(frames: Path) -> None:
-    with subprocess.Popen(
-        [sys.executable, "-m", "argus_embedder", "serve", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        assert process.stderr is not None
-        deadline = time.monotonic() + 120
-        port = None
-        while port is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if "serving search on http://" in line:
-                port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
-            elif not line:
-                break
-        assert port is not None, "serve never said where it listens"
-        assert get(port, "/livez")[0] == 200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+    with support.serve_process() as served:
+        assert get(served.port, "/livez")[0] == 200
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=30) == 0

@@ -255,6 +255,25 @@ def test_the_server_stops_listening_on_exit(state: health.HealthState) -> None:
     assert not [t for t in threading.enumerate() if t.name == "argus-http"]
 
 
+def test_an_ipv6_host_listens_on_ipv6(state: health.HealthState) -> None:
+    """One server class for both families (health's and serve's): the host picks it."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as error:
+        pytest.skip(f"no IPv6 loopback here: {error}")
+    port = _free_port()
+    with health.serve(port, state, host="::1"):
+        connection = http.client.HTTPConnection("::1", port, timeout=5)
+        try:
+            connection.request("GET", "/livez")
+            assert connection.getresponse().status == 200
+        finally:
+            connection.close()
+
+
 def test_a_busy_port_is_a_clear_error(state: health.HealthState) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))

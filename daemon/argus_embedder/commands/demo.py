@@ -14,11 +14,11 @@ import threading
 from pathlib import Path
 
 import psycopg
-import psycopg.conninfo
 from PIL import Image, ImageDraw, ImageFilter
 
 from argus_embedder import db
-from argus_embedder.commands import progress, search, status
+from argus_embedder.commands import demo_model, moments, progress, search, status
+from argus_embedder.commands import serve as serve_defaults
 from argus_embedder.gateways import frames, queue
 from argus_embedder.settings import Settings
 
@@ -34,38 +34,48 @@ SCENES = [
     ("desert", (250, 210, 150), (220, 170, 90), "dunes"),
 ]
 FRAMES_PER_SCENE = 6
+FRAME_INTERVAL_MS = 1000  # as if extracted at one frame a second
+PROJECT = "demo"
 QUERY = "a red car on a road"
 
 
 def run(config: Settings) -> int:
-    """Embed a few dozen sample frames in two videos, show status, then search."""
+    """Embed a few dozen sample frames in two videos, show status and a search as moments,
+    then say what to run next. Everything lands in the embedded database that every
+    command uses when ARGUS_DATABASE_URL is unset, so those next commands work as they
+    are; a second run adds nothing twice."""
     out = sys.stdout
     if logging.getLogger().level > logging.DEBUG:  # a progress bar says it better
         logging.getLogger("argus_embedder").setLevel(logging.WARNING)
     data_dir = db.embedded_data_dir()
     print(f"demo: embedded PostgreSQL 18 + pgvector in {data_dir}", file=out)
-    admin_url = db.embedded_url(data_dir, quiet=True)
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(db.queries()["demo_drop_database"])
-        admin.execute(db.queries()["demo_create_database"])
-    url = _with_database(admin_url, "argus_demo")
+    url = db.embedded_url(data_dir, quiet=True)
     db.migrate(url)
 
     frame_dir = data_dir.parent / "demo-frames"
     paths = draw_frames(frame_dir)
-    print(f"demo: drew {len(paths)} sample frames in {frame_dir}", file=out)
+    print(f"demo: {len(paths)} sample frames in {frame_dir}", file=out)
 
-    model = _demo_model(config, data_dir.parent)
+    model, tiny = _demo_model(config, data_dir.parent)
+    demo_model.record(model, tiny=tiny)
     config = dataclasses.replace(
         config, database_url=url, model=model, metrics_port=0, reconcile_interval=0
     )
     with db.connect(url, autocommit=True) as connection:
         half = len(paths) // 2
         for video_id, chunk in (("demo-video-1", paths[:half]), ("demo-video-2", paths[half:])):
+            # Existing (video, index) pairs are left alone and a job only embeds frames
+            # without a row, so a second demo adds nothing.
             frames.insert(
                 connection,
                 [
-                    frames.NewFrame(video_id, index, path.as_uri(), project_id="demo")
+                    frames.NewFrame(
+                        video_id,
+                        index,
+                        path.as_uri(),
+                        project_id=PROJECT,
+                        timestamp_ms=index * FRAME_INTERVAL_MS,
+                    )
                     for index, path in enumerate(chunk)
                 ],
             )
@@ -75,17 +85,15 @@ def run(config: Settings) -> int:
     with db.connect(url, autocommit=True) as connection:
         print("\n" + status.render(status.collect(connection)), file=out)
         _search(config, connection)
+    _next_steps(tiny)
     return 0
 
 
-def _with_database(url: str, name: str) -> str:
-    return psycopg.conninfo.make_conninfo(url, dbname=name)
-
-
-def _demo_model(config: Settings, cache: Path) -> str:
-    """The configured model if it is loadable here; else a tiny local one, said plainly."""
+def _demo_model(config: Settings, cache: Path) -> tuple[str, bool]:
+    """The configured model if it is loadable here; else a tiny local one, said plainly.
+    Returns the model and whether it is the tiny one."""
     if Path(config.model).is_dir() or _hub_reachable():
-        return config.model
+        return config.model, False
     from argus_embedder.testing import tinymodel
 
     print(
@@ -97,7 +105,7 @@ def _demo_model(config: Settings, cache: Path) -> str:
     directory = cache / "demo-tiny-siglip"
     if not (directory / "config.json").exists():
         tinymodel.build(directory, family="siglip")
-    return str(directory)
+    return str(directory), True
 
 
 def _hub_reachable() -> bool:
@@ -141,14 +149,27 @@ def _search(config: Settings, connection: psycopg.Connection[object]) -> None:
     from argus_embedder.pipeline import embedder
 
     text = embedder.load_text_encoder(config.model, config.device)
-    hits = search.search(connection, config.model, text.embed_texts([QUERY])[0], limit=5)
-    print(f'\nsearch "{QUERY}": top {len(hits)} frames', file=sys.stdout)
-    for rank, hit in enumerate(hits, 1):
-        print(
-            f"  {rank}. {hit.score:.4f}  {hit.video_id} frame {hit.frame_index}  "
-            f"{Path(hit.image_uri).name}",
-            file=sys.stdout,
-        )
+    query = text.embed_texts([QUERY])[0]
+    videos = search.found(connection, config.model, query, by="video", limit=5)
+    print(f'\nsearch "{QUERY}" --by video: the moments of each video, best first', file=sys.stdout)
+    sys.stdout.flush()  # print_videos writes through print() too; keep the order
+    moments.print_videos(videos)
+
+
+def _next_steps(tiny: bool) -> None:
+    """What to run next: with nothing configured, each uses the demo's database (and,
+    offline, its tiny model)."""
+    url = f"http://{serve_defaults.DEFAULT_HOST}:{serve_defaults.DEFAULT_PORT}/"
+    lines = [
+        "",
+        "next, with no variable set (the same embedded database"
+        + (", and the demo's tiny model" if tiny else "")
+        + "):",
+        "  argus-embedder status",
+        f'  argus-embedder search "{QUERY}" --by video',
+        f"  argus-embedder serve        then open {url}",
+    ]
+    print("\n".join(lines), file=sys.stdout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +181,8 @@ class _Canvas:
 
 
 def draw_frames(directory: Path, *, width: int = 640, height: int = 360) -> list[Path]:
-    """Draw FRAMES_PER_SCENE textured JPEG frames of each scene (deterministic)."""
+    """Draw FRAMES_PER_SCENE textured JPEG frames of each scene; frames already on disk
+    are kept, so the images stay those a previous demo embedded."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(59)  # noqa: S311 - sample pictures, not secrets
     paths = []
@@ -174,10 +196,14 @@ def draw_frames(directory: Path, *, width: int = 640, height: int = 360) -> list
             noise = Image.effect_noise((width, height), 24).convert("RGB")
             image = Image.blend(image, noise, 0.12).filter(ImageFilter.SMOOTH)
             path = directory / f"{scene_index:02d}-{name.replace(' ', '-')}-{shot:02d}.jpg"
+            paths.append(path)
+            if path.exists():
+                continue
             buffer = io.BytesIO()
             image.save(buffer, "JPEG", quality=90)
-            path.write_bytes(buffer.getvalue())
-            paths.append(path)
+            partial = path.with_suffix(".part")  # a demo stopped mid-write leaves no half JPEG
+            partial.write_bytes(buffer.getvalue())
+            partial.replace(path)
     return paths
 
 

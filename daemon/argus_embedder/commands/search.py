@@ -102,7 +102,7 @@ def as_json(results: list[Any]) -> list[dict[str, Any]]:
 def main(args: argparse.Namespace, config: Settings) -> int:
     """`argus-embedder search "text" | --image PATH [--limit K] [--video V] [--project P]
     [--by frame|video] [--json]`."""
-    from argus_embedder.commands import moments
+    from argus_embedder.commands import demo_model, moments
 
     if (args.text is None) == (args.image is None):
         raise errors.UserInputError("give either a search text or --image PATH")
@@ -110,6 +110,7 @@ def main(args: argparse.Namespace, config: Settings) -> int:
         raise errors.UserInputError(f"--limit must be between 1 and {MAX_LIMIT}")
     check_request(args.text, args.limit)
     with common.connect(config) as connection:
+        config = demo_model.fallback(config, connection)
         check_searchable(connection, config.model)
     query = _query_vector(args, config)
     with common.connect(config) as connection:

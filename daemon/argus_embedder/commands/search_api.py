@@ -1,22 +1,25 @@
-"""`serve`'s HTTP side: /search, /frames/ID, /livez, /readyz and /metrics.
+"""`serve`'s HTTP side: the search page (/ and /static/), /search, /frames/ID, /livez,
+/readyz and /metrics.
 
-Every answer is JSON (images and /metrics aside), errors included: a bad request
-is a 400 that says what was wrong, never a 500 or a traceback. Nothing from a
-request reaches storage: /frames/ID looks the id up in argus.frames and fetches
-that row's URI.
+Every answer is JSON (the page, images and /metrics aside), errors included: a bad
+request is a 400 that says what was wrong, never a 500 or a traceback. Nothing from a
+request reaches storage or the file system: /frames/ID looks the id up in argus.frames
+and fetches that row's URI, and the page's files are a fixed table.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import http.server
+import importlib.resources
 import json
 import logging
 import re
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +27,7 @@ import psycopg
 import psycopg_pool
 
 from argus_embedder import errors
-from argus_embedder.commands import search
+from argus_embedder.commands import search, thumbnail
 from argus_embedder.gateways import frames
 from argus_embedder.runtime import health, metrics
 
@@ -32,9 +35,23 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 10
 _PARAMETERS = frozenset({"q", "limit", "project", "video", "by"})
+_FRAME_PARAMETERS = frozenset({"width"})
 # bigint's range has 19 digits; 18 keeps every accepted id inside it without a cast
 _FRAME_ID = re.compile(r"[0-9]{1,18}")
 _MAX_FIELDS = 20  # query-string fields parsed before the request is refused
+_HTML = "text/html; charset=utf-8"
+# The page's files by URL path: (file in the search_page folder, content type).
+PAGE_FILES = {
+    "/": ("index.html", _HTML),
+    "/static/search.css": ("search.css", "text/css; charset=utf-8"),
+    "/static/search.js": ("search.js", "text/javascript; charset=utf-8"),
+}
+# The page loads only its own files and talks only to this server: an injected string
+# could neither run a script nor send anything elsewhere.
+_PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 class _HttpError(Exception):
@@ -112,16 +129,19 @@ class SearchService:
         metrics.SEARCH_SECONDS.observe(time.perf_counter() - started)
         return search.as_json(found)
 
-    def frame(self, raw_id: str) -> bytes:
-        """The image of frame `raw_id` (the path's last segment, untrusted)."""
+    def frame(self, raw_id: str, query_string: str = "") -> bytes:
+        """The image of frame `raw_id` (the path's last segment, untrusted), scaled down to
+        `?width=N` pixels when asked."""
         if not _FRAME_ID.fullmatch(raw_id):
             raise _HttpError(400, "a frame id is a positive integer")
+        params = _parameters(query_string, _FRAME_PARAMETERS)
+        width = None if "width" not in params else _width(params["width"])
         with self.pool.connection() as connection:
             uri = frames.image_uri(connection, int(raw_id))
         if uri is None:
             raise _HttpError(404, "no such frame")
         try:
-            return self.fetch(uri)
+            data = self.fetch(uri)
         except errors.FrameError as error:
             # The URI is ours, but its bucket and key are nobody's business outside.
             log.info("frame %s: %s", raw_id, error)
@@ -129,6 +149,13 @@ class SearchService:
         except errors.TransientError as error:
             log.warning("frame %s: %s", raw_id, error)
             raise _HttpError(503, "storage unavailable, try again") from error
+        if width is None:
+            return data
+        try:
+            return thumbnail.scale(data, width)
+        except errors.FrameError as error:
+            log.info("frame %s: cannot scale: %s", raw_id, error)
+            raise _HttpError(404, "the frame's image cannot be decoded") from error
 
 
 def content_type(data: bytes) -> str:
@@ -144,7 +171,7 @@ def content_type(data: bytes) -> str:
     return "application/octet-stream"
 
 
-def _parameters(query_string: str) -> dict[str, str]:
+def _parameters(query_string: str, known: frozenset[str] = _PARAMETERS) -> dict[str, str]:
     """The query string as one value per known name; 400 for unknown or repeated names."""
     try:
         pairs = urllib.parse.parse_qsl(
@@ -154,12 +181,30 @@ def _parameters(query_string: str) -> dict[str, str]:
         raise _HttpError(400, "malformed query string") from error
     params: dict[str, str] = {}
     for name, value in pairs:
-        if name not in _PARAMETERS:
+        if name not in known:
             raise _HttpError(400, f"unknown parameter {name[:40]!r}")
         if name in params:
             raise _HttpError(400, f"{name} given more than once")
         params[name] = value
     return params
+
+
+def _width(raw: str) -> int:
+    # Digits only, as for limit; a bounded width is a bounded cost.
+    if raw.isascii() and raw.isdigit() and len(raw) <= 4:
+        width = int(raw)
+        if thumbnail.MIN_WIDTH <= width <= thumbnail.MAX_WIDTH:
+            return width
+    raise _HttpError(
+        400, f"width must be an integer between {thumbnail.MIN_WIDTH} and {thumbnail.MAX_WIDTH}"
+    )
+
+
+@functools.cache
+def page_file(name: str) -> bytes:
+    """One of the search page's files, from the package (read once)."""
+    folder = importlib.resources.files("argus_embedder.commands").joinpath("search_page")
+    return folder.joinpath(name).read_bytes()
 
 
 def _limit(raw: str | None) -> int:
@@ -169,6 +214,14 @@ def _limit(raw: str | None) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
         raise _HttpError(400, f"limit must be an integer between 1 and {search.MAX_LIMIT}")
     return int(raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Answer:
+    code: int
+    kind: str  # Content-Type
+    body: bytes
+    cache: str = "no-store"  # Cache-Control
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -185,26 +238,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if path == "/search":
                 endpoint = "search"
                 body = json.dumps(self.server.service.search(split.query)).encode()
-                self._send(endpoint, 200, "application/json", body)
+                self._send(endpoint, _Answer(200, "application/json", body))
             elif path.startswith("/frames/"):
                 endpoint = "frames"
-                data = self.server.service.frame(path.removeprefix("/frames/"))
-                self._send(endpoint, 200, content_type(data), data, cache=True)
-            elif path == "/livez":
-                # Answering at all is the proof: serve has no loop that could hang.
-                self._send(endpoint, 200, "text/plain; charset=utf-8", b"ok\n")
-            elif path == "/readyz":
-                # The daemon's body: {"ready", "reason", "details"}.
-                state = self.server.service.state
-                ready, reason = state.ready()
-                verdict = {"ready": ready, "reason": reason, "details": state.details()}
-                payload = json.dumps(verdict, sort_keys=True).encode() + b"\n"
-                self._send(endpoint, 200 if ready else 503, "application/json", payload)
-            elif path == "/metrics":
-                self.server.service.state.ready()  # refresh the ready gauge (cached check)
-                self._send(endpoint, 200, metrics.CONTENT_TYPE, metrics.render())
+                data = self.server.service.frame(path.removeprefix("/frames/"), split.query)
+                # A frame's bytes never change for its id.
+                cache = "private, max-age=86400"
+                self._send(endpoint, _Answer(200, content_type(data), data, cache=cache))
+            elif path in PAGE_FILES:
+                name, kind = PAGE_FILES[path]
+                # Revalidated, not stored: a new version's page never meets an old script.
+                self._send(endpoint, _Answer(200, kind, page_file(name), cache="no-cache"))
             else:
-                raise _HttpError(404, "not found: try /search?q=TEXT or /frames/ID")
+                self._send(endpoint, self._health(path))
         except _HttpError as error:
             self._error(endpoint, error.code, str(error))
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
@@ -214,6 +260,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             # The log keeps the traceback for the operator; the client gets one line.
             log.exception("%s: unexpected error", endpoint)
             self._error(endpoint, 500, "internal error")
+
+    def _health(self, path: str) -> _Answer:
+        """/livez, /readyz and /metrics, as the daemon's."""
+        state = self.server.service.state
+        if path == "/livez":
+            # Answering at all is the proof: serve has no loop that could hang.
+            return _Answer(200, "text/plain; charset=utf-8", b"ok\n")
+        if path == "/readyz":
+            # The daemon's body: {"ready", "reason", "details"}.
+            ready, reason = state.ready()
+            verdict = {"ready": ready, "reason": reason, "details": state.details()}
+            payload = json.dumps(verdict, sort_keys=True).encode() + b"\n"
+            return _Answer(200 if ready else 503, "application/json", payload)
+        if path == "/metrics":
+            state.ready()  # refresh the ready gauge (cached check)
+            return _Answer(200, metrics.CONTENT_TYPE, metrics.render())
+        raise _HttpError(404, "not found: try / (the search page), /search?q=TEXT or /frames/ID")
 
     def _not_allowed(self) -> None:
         # A request body stays unread: close, or keep-alive would parse it as a request.
@@ -231,46 +294,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _error(self, endpoint: str, code: int, message: str, *, allow: str | None = None) -> None:
         body = json.dumps({"error": message}).encode() + b"\n"
-        self._send(endpoint, code, "application/json", body, allow=allow)
+        self._send(endpoint, _Answer(code, "application/json", body), allow=allow)
 
-    def _send(
-        self,
-        endpoint: str,
-        code: int,
-        kind: str,
-        body: bytes,
-        *,
-        cache: bool = False,
-        allow: str | None = None,
-    ) -> None:
+    def _send(self, endpoint: str, answer: _Answer, *, allow: str | None = None) -> None:
+        code = answer.code
         label = str(code) if str(code) in metrics.SEARCH_CODES else "400"
         metrics.SEARCH_REQUESTS.labels(endpoint, label).inc()
         self.send_response(code)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        # A frame's bytes never change for its id; search results do with every ingest.
-        self.send_header("Cache-Control", "private, max-age=86400" if cache else "no-store")
+        self.send_header("Content-Type", answer.kind)
+        self.send_header("Content-Length", str(len(answer.body)))
+        # Search results change with every ingest: "no-store" unless the answer says.
+        self.send_header("Cache-Control", answer.cache)
         self.send_header("X-Content-Type-Options", "nosniff")
+        if answer.kind == _HTML:
+            self.send_header("Content-Security-Policy", _PAGE_POLICY)
+            self.send_header("Referrer-Policy", "no-referrer")
         if allow is not None:
             self.send_header("Allow", allow)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            self.wfile.write(answer.body)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Per-request lines at DEBUG: the counters in /metrics are the record."""
         log.debug("%s %s", self.address_string(), format % args)
 
 
-class SearchServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True  # a slow client never holds up shutdown
-    allow_reuse_address = True
-    address_family: ClassVar[socket.AddressFamily] = socket.AF_INET  # type: ignore[misc]
+class SearchServer(health.HttpServer):
+    """`serve`'s server, on an IPv4 or IPv6 address."""
 
     def __init__(self, address: tuple[str, int], service: SearchService) -> None:
         self.service = service
         super().__init__(address, _Handler)
-
-
-class SearchServer6(SearchServer):
-    address_family: ClassVar[socket.AddressFamily] = socket.AF_INET6  # type: ignore[misc]

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from argus_embedder import db, errors
-from argus_embedder.commands import common, search_api
+from argus_embedder.commands import common, demo_model, search_api
 from argus_embedder.pipeline import embedder, storage
 from argus_embedder.runtime import health, shutdown
 from argus_embedder.settings import Settings
@@ -37,7 +37,8 @@ def running(config: Settings, host: str, port: int) -> Iterator[search_api.Searc
     read it from `server.server_address`)."""
     url = db.resolve_url(config)
     # Fails early, with the exit code 78 the CLI gives ConfigErrors, on an unmigrated schema.
-    common.connect(config).close()
+    with common.connect(config) as connection:
+        config = demo_model.fallback(config, connection)
     encoder = embedder.load_text_encoder(config.model, config.device)
     encoder.embed_texts(["warm-up"])  # the first forward pays one-off costs; not a user
 
@@ -67,9 +68,8 @@ def running(config: Settings, host: str, port: int) -> Iterator[search_api.Searc
             fetch=storage.Storage(config).fetch,
             state=state,
         )
-        server_class = search_api.SearchServer6 if ":" in host else search_api.SearchServer
         try:
-            server = server_class((host, port), service)
+            server = search_api.SearchServer((host, port), service)
         except OSError as error:
             raise errors.ConfigError(
                 f"cannot listen on {host}:{port} ({error.strerror or error}); pick --port"
@@ -93,7 +93,12 @@ def main(args: argparse.Namespace, config: Settings) -> int:
     with shutdown.handle_signals(stop), running(config, args.host, args.port) as server:
         bound: tuple[Any, ...] = server.server_address
         # The one line that says where to connect (and, with --port 0, which port it got).
-        log.info("serving search on http://%s:%d (model %s)", args.host, bound[1], config.model)
+        log.info(
+            "serving search on http://%s:%d (model %s)",
+            args.host,
+            bound[1],
+            server.service.model,  # the demo's, when serve fell back to it
+        )
         stop.wait()
     log.info("stopped")
     return 0

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from argus_embedder import errors, settings
 from argus_embedder.runtime import metrics
@@ -218,18 +218,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 _TEXT = "text/plain; charset=utf-8"
 
 
-class _Server(http.server.ThreadingHTTPServer):
+class HttpServer(http.server.ThreadingHTTPServer):
+    """A threaded HTTP server on an IPv4 or an IPv6 address (`::`, `::1`), the family
+    following the host's form; the daemon's health server and `serve` both."""
+
     daemon_threads = True  # a slow client never holds up shutdown
     allow_reuse_address = True
-    address_family: ClassVar[socket.AddressFamily] = socket.AF_INET  # type: ignore[misc]
 
+    def __init__(
+        self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler]
+    ) -> None:
+        # socketserver reads the family from the instance when it makes the socket.
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, handler)
+
+
+class _Server(HttpServer):
     def __init__(self, address: tuple[str, int], state: HealthState) -> None:
         self.state = state
         super().__init__(address, _Handler)
-
-
-class _Server6(_Server):
-    address_family: ClassVar[socket.AddressFamily] = socket.AF_INET6  # type: ignore[misc]
 
 
 @contextlib.contextmanager
@@ -243,9 +250,8 @@ def serve(port: int, state: HealthState, host: str = "0.0.0.0") -> Iterator[int 
     if port == 0:
         yield None
         return
-    server_class = _Server6 if ":" in host else _Server
     try:
-        server = server_class((host, port), state)
+        server = _Server((host, port), state)
     except OSError as exc:
         raise errors.ArgusError(
             f"cannot listen on {host}:{port} for metrics ({exc.strerror or exc}); "
