@@ -98,6 +98,18 @@ def resolve_url(settings: Settings, *, quiet: bool = False) -> str:
     return embedded_url(quiet=quiet)
 
 
+def resolve_read_url(settings: Settings, *, quiet: bool = False) -> str:
+    """The URL that search, serve and status read from: ARGUS_READ_DATABASE_URL, its
+    systemd credential, else resolve_url's. With a read URL, nothing here touches the
+    primary (no credential, no embedded server), so reads survive the primary's outage."""
+    if settings.read_database_url:
+        return settings.read_database_url
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / "read-database-url").is_file():
+        return (Path(credentials) / "read-database-url").read_text(encoding="utf-8").strip()
+    return resolve_url(settings, quiet=quiet)
+
+
 def embedded_data_dir() -> Path:
     import platformdirs
 

@@ -52,6 +52,13 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "fetch+decode processes; 0: threads in the daemon; unset: one per core, at most 16",
     ),
+    Variable(
+        "ARGUS_READ_DATABASE_URL",
+        "read_database_url",
+        None,
+        "PostgreSQL URL that search, serve and status read from (a streaming replica); "
+        "unset: they read from ARGUS_DATABASE_URL",
+    ),
 )
 
 
@@ -71,10 +78,12 @@ class Settings:
     worker_id: str = dataclasses.field(default_factory=lambda: default_worker_id())
     reconcile_interval: float = 300.0
     decode_processes: int | None = None  # None: automatic (preparing.processes)
+    read_database_url: str | None = None  # None: reads go to database_url
 
     def __repr__(self) -> str:  # never print the database password
         fields = dataclasses.asdict(self)
         fields["database_url"] = redact_url(self.database_url)
+        fields["read_database_url"] = redact_url(self.read_database_url)
         inner = ", ".join(f"{key}={value!r}" for key, value in fields.items())
         return f"Settings({inner})"
 
@@ -135,11 +144,7 @@ def _validate(raw: Mapping[str, str | None]) -> Settings:
         raise errors.ConfigError(
             f"ARGUS_S3_ENDPOINT_URL={endpoint!r} must start with http:// or https://"
         )
-    url = raw["database_url"]
-    if url is not None and not (url.startswith(("postgresql://", "postgres://")) or "=" in url):
-        raise errors.ConfigError(
-            f"ARGUS_DATABASE_URL={redact_url(url)!r} is not a postgresql:// URL"
-        )
+    url = _database_url(raw, "ARGUS_DATABASE_URL", "database_url")
     return Settings(
         database_url=url,
         model=model,
@@ -158,7 +163,15 @@ def _validate(raw: Mapping[str, str | None]) -> Settings:
         decode_processes=_integer(
             raw, "ARGUS_DECODE_PROCESSES", "decode_processes", minimum=0, maximum=256, optional=True
         ),
+        read_database_url=_database_url(raw, "ARGUS_READ_DATABASE_URL", "read_database_url"),
     )
+
+
+def _database_url(raw: Mapping[str, str | None], env: str, field: str) -> str | None:
+    url = raw[field]
+    if url is not None and not (url.startswith(("postgresql://", "postgres://")) or "=" in url):
+        raise errors.ConfigError(f"{env}={redact_url(url)!r} is not a postgresql:// URL")
+    return url
 
 
 def _integer(

@@ -93,3 +93,23 @@ SELECT w.worker_id, w.model, w.device, w.version, w.started_at, w.stopped_at,
 FROM argus.workers w
 WHERE w.seen_at > now() - make_interval(secs => %(seconds)s)
 ORDER BY w.worker_id;
+
+-- name: status_replica
+-- This server's replay position when it is a hot standby (ARGUS_READ_DATABASE_URL);
+-- in_recovery is false on a primary, where the rest means nothing. All of it is
+-- readable by argus_reader: the functions are public, and pg_stat_wal_receiver
+-- shows an unprivileged role the receiver's pid, enough to tell that WAL streams in.
+-- pg_is_wal_replay_paused() raises outside recovery, hence the CASE.
+SELECT pg_is_in_recovery() AS in_recovery,
+       pg_last_wal_receive_lsn()::text AS received_lsn,
+       pg_last_wal_replay_lsn()::text AS replayed_lsn,
+       -- NULL before anything streamed in since the standby started; never negative
+       -- (replay of WAL already on disk can run ahead of the stream after a restart)
+       CASE WHEN pg_last_wal_receive_lsn() IS NOT NULL
+            THEN greatest(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)
+       END::bigint AS pending_bytes,
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::double precision
+           AS last_replay_seconds_ago,
+       EXISTS (SELECT 1 FROM pg_stat_wal_receiver) AS streaming,
+       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END
+           AS replay_paused;

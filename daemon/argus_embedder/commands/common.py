@@ -12,7 +12,18 @@ from argus_embedder.settings import Settings
 
 def connect(config: Settings) -> psycopg.Connection[Any]:
     """A migrated database's connection (autocommit), or a ConfigError saying why not."""
-    connection = db.connect_with_retry(db.resolve_url(config), autocommit=True, attempts=3)
+    return _connect_checked(db.resolve_url(config))
+
+
+def connect_read(config: Settings) -> psycopg.Connection[Any]:
+    """connect() for the commands that only read (search, status): to
+    ARGUS_READ_DATABASE_URL where it is set (a hot standby), else the same server.
+    What runs on it must not write: a standby refuses every write."""
+    return _connect_checked(db.resolve_read_url(config))
+
+
+def _connect_checked(url: str) -> psycopg.Connection[Any]:
+    connection = db.connect_with_retry(url, autocommit=True, attempts=3)
     try:
         db.check_schema(connection)
     except BaseException:

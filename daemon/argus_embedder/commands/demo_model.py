@@ -40,7 +40,11 @@ def fallback(config: Settings, connection: psycopg.Connection[Any]) -> Settings:
     """`config`, or `config` with the demo's model when all of these hold: the database
     is the embedded one, ARGUS_MODEL is at its default, the default model has no vectors
     in this database, and the demo's model has."""
-    if config.database_url is not None or config.model != settings.DEFAULT_MODEL:
+    if (
+        config.database_url is not None
+        or config.read_database_url is not None
+        or config.model != settings.DEFAULT_MODEL
+    ):
         return config
     if index.info(connection, config.model) is not None:
         return config

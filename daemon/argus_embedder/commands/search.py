@@ -109,11 +109,11 @@ def main(args: argparse.Namespace, config: Settings) -> int:
     if not 1 <= args.limit <= MAX_LIMIT:
         raise errors.UserInputError(f"--limit must be between 1 and {MAX_LIMIT}")
     check_request(args.text, args.limit)
-    with common.connect(config) as connection:
+    with common.connect_read(config) as connection:
         config = demo_model.fallback(config, connection)
         check_searchable(connection, config.model)
     query = _query_vector(args, config)
-    with common.connect(config) as connection:
+    with common.connect_read(config) as connection:
         results = found(
             connection,
             config.model,

@@ -35,9 +35,9 @@ HEARTBEAT_TIMEOUT = 60.0  # unused by serve's /livez, required by HealthState
 def running(config: Settings, host: str, port: int) -> Iterator[search_api.SearchServer]:
     """The server, answering in a thread while the block runs (port 0: any free port,
     read it from `server.server_address`)."""
-    url = db.resolve_url(config)
+    url = db.resolve_read_url(config)  # a replica where ARGUS_READ_DATABASE_URL names one
     # Fails early, with the exit code 78 the CLI gives ConfigErrors, on an unmigrated schema.
-    with common.connect(config) as connection:
+    with common.connect_read(config) as connection:
         config = demo_model.fallback(config, connection)
     encoder = embedder.load_text_encoder(config.model, config.device)
     encoder.embed_texts(["warm-up"])  # the first forward pays one-off costs; not a user

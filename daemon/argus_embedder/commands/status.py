@@ -45,6 +45,33 @@ def collect(connection: psycopg.Connection[Any], *, model: str | None = None) ->
         "reconciler": [
             _reconciler(record) for record in passes.records(connection, reconciler.NAME_PREFIX)
         ],
+        "replica": replica(connection),
+    }
+
+
+def replica(connection: psycopg.Connection[Any]) -> dict[str, Any] | None:
+    """How far this server (a hot standby, ARGUS_READ_DATABASE_URL) trails its primary;
+    None on a primary.
+
+    `replay_lag_seconds`: 0 when all WAL received is replayed, else the age of the
+    last replayed commit (which overstates the lag after an idle spell on the
+    primary). Caught up means caught up with what arrived: with `streaming` false
+    nothing arrives (the primary is down or unreachable), and reads are as of the
+    last replayed commit.
+    """
+    row = connection.execute(db.queries()["status_replica"]).fetchone()
+    if row is None or not row["in_recovery"]:
+        return None
+    pending = row["pending_bytes"]
+    since = row["last_replay_seconds_ago"]
+    return {
+        "streaming": bool(row["streaming"]),
+        "replay_paused": bool(row["replay_paused"]),
+        "received_lsn": row["received_lsn"],
+        "replayed_lsn": row["replayed_lsn"],
+        "replay_lag_bytes": None if pending is None else int(pending),
+        "replay_lag_seconds": 0.0 if pending == 0 else since,
+        "last_replay_seconds_ago": since,
     }
 
 
@@ -187,6 +214,9 @@ def render(report: dict[str, Any]) -> str:
             f"  {worker['worker_id']}: {worker['model']} on {worker['device']}, {state}, "
             f"seen {_duration(worker['seen_seconds_ago'])} ago"
         )
+    standby = report.get("replica")
+    if standby is not None:
+        lines.append(_replica_line(standby))
     for last in report["reconciler"]:
         when = last["finished_seconds_ago"]
         lines.append(
@@ -199,6 +229,25 @@ def render(report: dict[str, Any]) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def _replica_line(standby: dict[str, Any]) -> str:
+    lag = standby["replay_lag_seconds"]
+    pending = standby["replay_lag_bytes"]
+    text = "replica (reads here trail the primary): replay lag " + (
+        "unknown" if lag is None else _duration(lag)
+    )
+    if pending is not None:
+        text += f", {pending} byte(s) of WAL not yet replayed"
+    if standby["replay_paused"]:
+        text += ", REPLAY PAUSED"
+    if not standby["streaming"]:
+        since = standby["last_replay_seconds_ago"]
+        text += (
+            ", NOT streaming from the primary (down or unreachable): data as of the last "
+            "replayed commit" + ("" if since is None else f", {_duration(since)} ago")
+        )
+    return text
 
 
 def _eta_text(seconds: float | None) -> str:
@@ -269,17 +318,17 @@ def main(args: argparse.Namespace, config: Settings) -> int:
     if args.watch:
         if not args.interval > 0:
             raise errors.UserInputError("--interval must be a positive number of seconds")
-        common.connect(config).close()  # a bad URL or schema fails now, with its exit code
+        common.connect_read(config).close()  # a bad URL or schema fails now, with its code
         try:
             watch(
-                lambda: common.connect(config),
+                lambda: common.connect_read(config),
                 model=config.model,
                 interval=args.interval,
                 as_json=args.json,
             )
         except KeyboardInterrupt:
             return 0  # Ctrl-C is how a watch ends
-    with common.connect(config) as connection:
+    with common.connect_read(config) as connection:
         report = collect(connection, model=config.model)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
