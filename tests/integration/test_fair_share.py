@@ -105,6 +105,7 @@ def test_weights_one_to_three_give_one_to_three_shares(conn: psycopg.Connection[
     backlog(conn, "light", 500)
     backlog(conn, "heavy", 500)
     counts = collections.Counter(claimed_projects(conn, 400))
+    print(f"400 claims at weights 1:3: {dict(counts)}")
     assert counts["light"] + counts["heavy"] == 400
     assert 90 <= counts["light"] <= 110, counts
     assert 270 <= counts["heavy"] <= 330, counts
