@@ -259,6 +259,7 @@ BEGIN
               AND (j.status = 'running' OR j.id = ANY (v_taken));
             v_want := least(v_want, v_cap - v_running);
             IF v_want <= 0 THEN
+                PERFORM argus.keep_lane_in_step(v_lane.lane_id, v_next);
                 v_skipped := v_skipped || v_lane.lane_id;
                 CONTINUE;
             END IF;
@@ -302,6 +303,7 @@ BEGIN
             -- Nothing claimable here now (jobs not due, of another model, or
             -- waiting for a running twin) or nothing queued at all: close it then.
             PERFORM argus.close_project_lane(v_lane.lane_id);
+            PERFORM argus.keep_lane_in_step(v_lane.lane_id, v_next);
         END IF;
         IF cardinality(v_got) < v_want THEN
             v_skipped := v_skipped || v_lane.lane_id;
@@ -359,6 +361,18 @@ BEGIN
 END;
 $$;
 
+-- A lane passed over (capped, paused, or with nothing due) keeps up with the
+-- turn it missed: its pass moves up to the next lane's, so when its jobs can
+-- run again it takes its share from then on instead of catching up on every
+-- turn it missed. A lane alone (p_next NULL) has no one to keep step with.
+-- Only a lane this call holds is moved: the caller holds it unless alone.
+CREATE FUNCTION argus.keep_lane_in_step(p_lane_id bigint, p_next double precision)
+RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE argus.project_lanes l SET pass = p_next
+    WHERE l.lane_id = p_lane_id AND p_next IS NOT NULL AND l.pass < p_next;
+$$;
+
 -- Close a lane with no queued job, unless an enqueue still holds it (its job,
 -- not committed yet, is invisible here). The check runs in a statement after
 -- the lock, so it sees every enqueue that held the lane before.
@@ -391,9 +405,11 @@ $$;
 REVOKE ALL ON FUNCTION argus.embedding_job_project(), argus.open_project_lanes(integer[], text[]),
     argus.embedding_jobs_open_lanes(), argus.embedding_job_requeued(),
     argus.claim_jobs(text, text, integer, double precision, boolean),
-    argus.close_project_lane(bigint) FROM PUBLIC;
+    argus.close_project_lane(bigint), argus.keep_lane_in_step(bigint, double precision)
+    FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION argus.claim_jobs(text, text, integer, double precision, boolean),
-    argus.close_project_lane(bigint) TO argus_worker;
+    argus.close_project_lane(bigint), argus.keep_lane_in_step(bigint, double precision)
+    TO argus_worker;
 GRANT SELECT, UPDATE, DELETE ON argus.project_lanes TO argus_worker;
 GRANT SELECT ON argus.projects TO argus_worker, argus_reader;
 GRANT SELECT ON argus.project_lanes TO argus_reader;

@@ -195,6 +195,19 @@ def test_a_paused_project_waits_and_others_run(conn: psycopg.Connection[Any]) ->
     assert claimed_projects(conn, 1) == ["paused"]
 
 
+def test_an_unpaused_project_takes_its_share_not_every_turn_it_missed(
+    conn: psycopg.Connection[Any],
+) -> None:
+    set_project(conn, "paused", max_running=0)
+    backlog(conn, "paused", 20)
+    backlog(conn, "one", 60)
+    backlog(conn, "two", 60)
+    assert collections.Counter(claimed_projects(conn, 20)) == {"one": 10, "two": 10}
+    set_project(conn, "paused", max_running=None)
+    counts = collections.Counter(claimed_projects(conn, 9))
+    assert counts == {"paused": 3, "one": 3, "two": 3}, counts
+
+
 @pytest.mark.parametrize("round_", range(3))
 def test_max_running_holds_under_eight_concurrent_claimers(
     conn: psycopg.Connection[Any], database_url: str, round_: int
