@@ -72,28 +72,35 @@ WITH queued AS MATERIALIZED (
                           WHERE e.frame_id = f.id AND e.model = s.model)
     ) m
     GROUP BY s.project_id
-), listed AS (
-    SELECT project_id FROM queued
-    UNION
-    SELECT project_id FROM running
-    UNION
-    SELECT p.project_id FROM argus.projects p WHERE %(all)s
+), per_project AS (
+    -- One row per project from every source (GROUP BY puts NULL projects together).
+    SELECT x.project_id, sum(x.queued) AS queued, sum(x.running) AS running,
+           sum(x.frames_left) AS frames_left, sum(x.sampled) AS sampled,
+           sum(x.sampled_frames) AS sampled_frames
+    FROM (
+        SELECT project_id, jobs AS queued, 0 AS running, 0 AS frames_left, 0 AS sampled,
+               0 AS sampled_frames FROM queued
+        UNION ALL
+        SELECT project_id, 0, jobs, frames_left, 0, 0 FROM running
+        UNION ALL
+        SELECT project_id, 0, 0, 0, jobs, frames FROM counted
+        UNION ALL
+        SELECT p.project_id, 0, 0, 0, 0, 0 FROM argus.projects p WHERE %(all)s
+    ) x
+    GROUP BY x.project_id
 ), backlog AS (
-    SELECT l.project_id,
+    SELECT b.project_id,
            p.project_id IS NOT NULL AS configured,
            coalesce(p.weight, 1) AS weight,
            p.max_running,
-           coalesce(q.jobs, 0) AS queued,
-           coalesce(r.jobs, 0) AS running,
-           (coalesce(r.frames_left, 0)
-            + coalesce(round(c.frames * q.jobs::numeric / nullif(c.jobs, 0)), 0))::bigint
+           b.queued::bigint AS queued,
+           b.running::bigint AS running,
+           (b.frames_left
+            + coalesce(round(b.sampled_frames * b.queued / nullif(b.sampled, 0)), 0))::bigint
                AS frames_waiting,
-           coalesce(q.jobs, 0) > coalesce(c.jobs, 0) AS frames_waiting_estimated
-    FROM listed l
-    LEFT JOIN argus.projects p ON p.project_id = l.project_id
-    LEFT JOIN queued q ON q.project_id IS NOT DISTINCT FROM l.project_id
-    LEFT JOIN running r ON r.project_id IS NOT DISTINCT FROM l.project_id
-    LEFT JOIN counted c ON c.project_id IS NOT DISTINCT FROM l.project_id
+           b.queued > b.sampled AS frames_waiting_estimated
+    FROM per_project b
+    LEFT JOIN argus.projects p ON p.project_id = b.project_id
 )
 SELECT b.*, count(*) OVER () AS projects
 FROM backlog b
