@@ -252,3 +252,24 @@ def test_a_role_that_may_not_write_settings_gets_a_message_not_a_traceback(
         )
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="migration 0005: a paused (or capped) lane keeps its old pass while the others "
+    "advance, so once its cap is lifted it takes every claim until it has caught up",
+)
+def test_an_unpaused_project_takes_its_share_not_every_claim(
+    conn: psycopg.Connection[Any], env: str
+) -> None:
+    for name in ("a", "b", "c"):
+        for n in range(80):
+            support.add_video(conn, f"{name}-{n}", ["x"], project_id=name)
+    assert cli.main(["project", "set", "c", "--max-running", "0"]) == 0
+    claimer = queue.Queue(model=MODEL, worker_id="w", lease_seconds=60)
+    for _ in range(60):  # a and b take turns while c is paused
+        claimer.claim(conn)
+    assert cli.main(["project", "set", "c", "--max-running", "none"]) == 0
+    taken = [job.video_id[0] for _ in range(30) for job in claimer.claim(conn)]
+    # Three projects of weight 1: about 10 claims each (today: c takes all 30).
+    assert taken.count("a") >= 5 and taken.count("b") >= 5, taken
