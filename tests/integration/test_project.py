@@ -254,6 +254,36 @@ def test_a_role_that_may_not_write_settings_gets_a_message_not_a_traceback(
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
+def test_the_reader_role_sees_the_projects_in_status_and_project_list(
+    conn: psycopg.Connection[Any],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    support.add_video(conn, "v", ["x", "y"], project_id="acme")
+    conn.execute("INSERT INTO argus.projects (project_id, weight) VALUES ('acme', 2)")
+    name = f"argus_reader_login_project_{os.getpid()}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("GRANT argus_reader TO {}").format(sql.Identifier(name)))
+    try:
+        monkeypatch.setenv(
+            "ARGUS_DATABASE_URL", psycopg.conninfo.make_conninfo(database_url, user=name)
+        )
+        assert cli.main(["status", "--json"]) == 0
+        [row] = json.loads(capsys.readouterr().out)["projects"]["top"]
+        assert (row["project_id"], row["weight"], row["frames_waiting"]) == ("acme", 2, 2)
+        assert cli.main(["project", "list"]) == 0
+        assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["acme", "2"]
+        assert cli.main(["project", "set", "acme", "--weight", "3"]) == errors.EXIT_FAILURE
+        assert "needs the schema owner's role" in capsys.readouterr().err
+    finally:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
+        )
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="migration 0005: a paused (or capped) lane keeps its old pass while the others "
