@@ -125,6 +125,50 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--port", type=int, default=8478, help="0: any free port (default 8478)")
     sub.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
 
+    project = commands.add_parser(
+        "project",
+        help="fair-share settings per project: project set P …, project list",
+        description="Within a priority, projects take turns at the claim in proportion to "
+        "their weights; a cap limits a project's running jobs across the fleet.",
+    )
+    actions = project.add_subparsers(dest="project_command", required=True, metavar="ACTION")
+    sub = actions.add_parser(
+        "set",
+        parents=[common],
+        help="create or change a project's weight and cap",
+        description="Create or change a project's fair-share settings; what is not given "
+        "keeps its value (a new project starts at weight 1, no cap). Jobs with no project "
+        "always have weight 1 and no cap. Needs the schema owner's role (the one that runs "
+        "migrate). Takes effect at the next claim; running jobs are not stopped.",
+    )
+    sub.add_argument("project_id", metavar="PROJECT", help="the project_id of its frames")
+    sub.add_argument(
+        "--weight",
+        default=None,
+        metavar="W",
+        help="its share at a priority, 1-10000 (default 1): weight 3 gets three claims for "
+        "every one of a weight-1 project while both have jobs queued",
+    )
+    sub.add_argument(
+        "--max-running",
+        dest="max_running",
+        default=None,
+        metavar="N|none",
+        help="at most N of its jobs run at once across the fleet; 0 pauses the project "
+        "(its queued jobs wait, running ones finish); 'none' removes the cap",
+    )
+    sub = actions.add_parser(
+        "list",
+        parents=[common],
+        help="each project's weight, cap, jobs, frames waiting and ETA",
+        description="Every project with settings or jobs waiting, biggest backlog first: "
+        "weight, cap (— none), queued and running jobs, frames waiting (~: scaled up from a "
+        "sample of its queued jobs), the frames/s its own jobs wrote over the last 5 minutes, "
+        "and ETA = frames waiting ÷ that rate (— when it wrote nothing lately). Jobs with no "
+        "project are listed as (none).",
+    )
+    sub.add_argument("--json", action="store_true")
+
     sub = add("cancel", "cancel a queued or running job")
     sub.add_argument("job_id", type=int)
     sub = add("retry", "queue a failed, cancelled or finished job again")

@@ -47,3 +47,12 @@ SELECT coalesce(sum(pg_total_relation_size(format('argus.%%I', s.partition_name)
                          THEN pg_relation_size(format('argus.%%I', s.index_name)::regclass) END), 0)
            AS index_bytes
 FROM argus.segments s WHERE s.model = %(model)s;
+
+-- name: bench_fair_jobs
+-- The fairness scenario's jobs and their times (epoch seconds, the database's clock).
+SELECT j.id, j.video_id, j.status,
+       extract(epoch FROM j.created_at)::double precision AS created,
+       extract(epoch FROM j.started_at)::double precision AS started,
+       extract(epoch FROM j.finished_at)::double precision AS finished
+FROM argus.embedding_jobs j WHERE j.video_id = ANY(%(video_ids)s)
+ORDER BY j.id;

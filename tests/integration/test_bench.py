@@ -13,11 +13,16 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
-from argus_embedder.bench import suite
-from tests.conftest import PostgresServer
+from argus_embedder.bench import fairness, suite
+from argus_embedder.pipeline import embedder, worker
+from tests import support
+from tests.conftest import PostgresServer, S3Endpoint, textured_jpeg
 
 DESIGN_KEYS = {
     "e2e_over_model_only",
@@ -29,6 +34,7 @@ DESIGN_KEYS = {
     "rss_growth_mb",
     "e2e_indexed_over_unindexed",
     "search_recall_at_10",
+    "fair_start_wait_ratio",
 }
 
 
@@ -67,3 +73,30 @@ def test_quick_bench_reports_every_design_figure(postgres_server: PostgresServer
     assert context["machine"]["cores"] >= 1
     assert context["base_model"]["dimension"] == 768
     assert context["durations_seconds"]["total"] > 0
+
+
+def test_fairness_figure_comes_from_a_real_worker(
+    conn: psycopg.Connection[Any], database_url: str, s3: S3Endpoint, tiny_siglip_dir: Path
+) -> None:
+    """fair_start_wait_ratio, small: a newcomer behind 40 jobs starts long before they end."""
+    tiny = embedder.load_embedder(str(tiny_siglip_dir), "cpu", batch_size=2)
+    uris = [s3.put(f"fair/{i}.jpg", textured_jpeg(i)) for i in range(4)]
+    config = support.worker_settings(database_url, s3.bucket, s3.url, tiny.model, batch_size=2)
+    result = fairness.run(
+        database_url,
+        uris,
+        lambda: worker.Worker(config, database_url, tiny),
+        model=tiny.model,
+        frames_per_job=4,
+        backlog=40,
+        settle=2,
+    )
+    assert math.isfinite(result.ratio) and result.ratio > 0
+    assert result.ratio == pytest.approx(result.start_wait_seconds / result.backlog_job_seconds)
+    # First in, first out would have run the whole backlog first.
+    assert result.backlog_jobs_finished < 40
+    assert result.claimed_while_waiting <= 2
+    left = conn.execute(
+        "SELECT count(*) AS n FROM argus.embedding_jobs WHERE status IN ('queued', 'running')"
+    ).fetchone()
+    assert left is not None and left["n"] == 0  # the rest of the backlog is cancelled

@@ -191,3 +191,31 @@ def test_queue_gauges_come_from_one_snapshot_per_interval(
             "SELECT worker_id FROM argus.fleet_passes WHERE name = 'queue-stats'"
         ).fetchone()
     assert row == ("daemon-a",)
+
+
+def test_status_shows_the_biggest_project_backlogs_not_every_project(
+    conn: psycopg.Connection[Any],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 12 projects, project-NN with NN+1 frames waiting, and one video with no project.
+    for n in range(12):
+        support.add_video(conn, f"v{n}", [f"f{i}" for i in range(n + 1)], project_id=f"p{n:02d}")
+    support.add_video(conn, "orphan", ["x"])
+    conn.execute("INSERT INTO argus.projects VALUES ('p11', 4, 0)")
+    monkeypatch.setenv("ARGUS_DATABASE_URL", database_url)
+    assert cli.main(["status", "--json"]) == 0
+    section = json.loads(capsys.readouterr().out)["projects"]
+    assert [row["project_id"] for row in section["top"]] == [f"p{n:02d}" for n in range(11, 1, -1)]
+    assert section["more"] == 3  # p01, p00 and the NULL project
+    top = section["top"][0]
+    assert (top["weight"], top["max_running"], top["queued"]) == (4, 0, 1)
+    assert top["frames_waiting"] == 12
+
+    assert cli.main(["status"]) == 0
+    text = capsys.readouterr().out
+    assert "projects (biggest backlog first):" in text
+    assert "  p11: weight 4, paused (cap 0), 1 queued, 0 running, 12 frame(s) waiting" in text
+    assert "p01" not in text
+    assert "… and 3 more project(s): `argus-embedder project list`" in text

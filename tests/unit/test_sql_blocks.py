@@ -88,6 +88,7 @@ GATEWAYS = {  # sql/queries/<file> -> the one module that writes its table
     "models.sql": "gateways/index.py",
     "passes.sql": "gateways/passes.py",
     "workers.sql": "gateways/workers.py",
+    "projects.sql": "gateways/projects.py",
 }
 _WRITES = re.compile(
     r"\b(INSERT|UPDATE|DELETE|COPY)\b|argus\.(register_model|ensure_model_index|ensure_segments"

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from argus_embedder import db
-from argus_embedder.bench import cpu_meter, dataset, first_draft, peer_queue, vector_writes
+from argus_embedder.bench import (
+    cpu_meter,
+    dataset,
+    fairness,
+    first_draft,
+    peer_queue,
+    vector_writes,
+)
 from argus_embedder.gateways import index
 from argus_embedder.pipeline import embedder, preparing, worker
 from argus_embedder.pipeline.storage import Storage
@@ -47,8 +54,10 @@ GOALS: dict[str, tuple[str, float]] = {
     "rss_growth_mb": ("<", 50.0),
     "e2e_indexed_over_unindexed": (">=", 0.90),
     "search_recall_at_10": (">=", 0.95),
+    "fair_start_wait_ratio": ("<=", 2.0),
 }
 MIB = 1024 * 1024
+FAIR_BACKLOG = 200  # fair_start_wait_ratio's backlog, as DESIGN §7 defines it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +220,7 @@ class Bench:
         self.vectors()
         tiny = self._load_tiny("siglip-tiny")
         self.tiny_pipeline(tiny)
+        self.fairness(tiny)
         self.index_kinds()
         self.rss(tiny)
         del tiny
@@ -346,6 +356,29 @@ class Bench:
         self.progress.say(
             f"e2e {large:.0f} frames/s, ceiling {ceiling:.0f}, small jobs {small:.0f}, "
             f"naive {slow:.1f}"
+        )
+
+    def fairness(self, tiny: embedder.Embedder) -> None:
+        """fair_start_wait_ratio: one job of a new project behind another's 200-job backlog,
+        with the real Worker; each backlog job has two batches of frames."""
+        frames_per_job = 2 * tiny.batch_size
+        with self.progress.step(
+            "fairness",
+            f"1 job behind another project's {FAIR_BACKLOG} jobs x {frames_per_job} frames",
+        ):
+            result = fairness.run(
+                self.url,
+                self.uris,
+                lambda: self._worker(tiny),
+                model=tiny.model,
+                frames_per_job=frames_per_job,
+                backlog=FAIR_BACKLOG,
+            )
+        self.figures["fair_start_wait_ratio"] = result.ratio
+        self.measurements["fairness"] = dataclasses.asdict(result)
+        self.progress.say(
+            f"newcomer claimed {result.start_wait_seconds:.2f} s after its enqueue; a backlog "
+            f"job runs {result.backlog_job_seconds:.2f} s"
         )
 
     def index_kinds(self) -> None:
@@ -644,7 +677,7 @@ def _verdict(key: str, value: float | None, context: dict[str, Any]) -> str:
     if value is None:
         return f"no figure: {context['peer']['reason']}"
     op, goal = GOALS[key]
-    met = value >= goal if op == ">=" else value < goal
+    met = {">=": value >= goal, "<=": value <= goal, "<": value < goal}[op]
     return "met" if met else "MISSED"
 
 
@@ -653,6 +686,7 @@ def _details(context: dict[str, Any]) -> list[str]:
     base, tiny = measured["base_model"], measured["tiny_pipeline"]
     kinds, claims = measured["index_kinds"], measured["claims"]
     vectors, rss = measured["vectors"], measured["rss"]
+    fair = measured["fairness"]
     peer = claims["pgqueuer_jobs_per_second"]
     return [
         f"B/16 batch {context['base_model']['batch_size']}: e2e "
@@ -690,6 +724,10 @@ def _details(context: dict[str, Any]) -> list[str]:
             f"{kind['recall_at_10']:.3f}, search {kind['search_ms_median']:.0f} ms median"
             for kind in vectors["other_kinds"]
         ],
+        f"fairness: a new project's job claimed {fair['start_wait_seconds']:.2f} s after its "
+        f"enqueue behind {fair['backlog_jobs']} jobs x {fair['frames_per_job']} frames of "
+        f"another ({fair['claimed_while_waiting']} of those claimed meanwhile); a backlog job "
+        f"runs {fair['backlog_job_seconds']:.2f} s (mean of {fair['backlog_jobs_finished']})",
         f"RSS: {rss['baseline_mb']:.0f} MB after warm-up, {rss['final_mb']:.0f} MB after "
         f"{rss['frames']:,} frames (peak {rss['peak_mb']:.0f} MB, "
         f"{rss['frames_per_second']:.0f} frames/s)",

@@ -12,6 +12,7 @@ lately (unknown, not zero).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -22,7 +23,7 @@ import psycopg
 
 from argus_embedder import db, errors
 from argus_embedder.commands import common
-from argus_embedder.gateways import passes, queue, workers
+from argus_embedder.gateways import passes, projects, queue, workers
 from argus_embedder.services import queue_gauges, reconciler
 from argus_embedder.settings import Settings
 
@@ -46,6 +47,7 @@ def collect(connection: psycopg.Connection[Any], *, model: str | None = None) ->
             _reconciler(record) for record in passes.records(connection, reconciler.NAME_PREFIX)
         ],
         "replica": replica(connection),
+        "projects": project_queue(connection, model=model),
     }
 
 
@@ -228,6 +230,7 @@ def render(report: dict[str, Any]) -> str:
                 f"missing frame(s), enqueued {last.get('enqueued', 0)} job(s)"
             )
         )
+    lines += render_projects(report["projects"])
     return "\n".join(lines)
 
 
@@ -335,3 +338,74 @@ def main(args: argparse.Namespace, config: Settings) -> int:
     else:
         print(render(report))
     return 0
+
+
+# --- the per-project queue (fair share) -----------------------------------------------
+
+TOP_PROJECTS = 10  # status shows the biggest backlogs; `project list` shows them all
+
+
+def project_queue(
+    connection: psycopg.Connection[Any],
+    *,
+    model: str | None,
+    top: int | None = TOP_PROJECTS,
+    include_idle: bool = False,
+) -> dict[str, Any]:
+    """Projects by frames waiting, biggest first (`top` of them; None: all), each with
+    its settings, jobs, rate and ETA, and how many more there are.
+
+    A project's ETA is its frames waiting divided by the rate its own jobs wrote at
+    over the fleet's rate window: its recent share of the fleet, which fair share
+    keeps steady while its backlog lasts. None (unknown) when it wrote nothing lately.
+    """
+    rows, total = projects.backlog(connection, model=model, limit=top, include_idle=include_idle)
+    rates = projects.rates(connection, window=FLEET_WINDOW_SECONDS, jobs=FLEET_RATE_JOBS)
+    shown = []
+    for row in rows:
+        recent = rates.get(row.project_id)
+        rate = 0.0 if recent is None else _rate(recent.frames, recent.seconds)
+        shown.append(
+            {
+                **dataclasses.asdict(row),
+                "frames_per_second": rate,
+                "eta_seconds": _eta(row.frames_waiting, rate),
+            }
+        )
+    return {
+        "top": shown,
+        "more": total - len(shown),
+        "rate_window_seconds": FLEET_WINDOW_SECONDS,
+    }
+
+
+def project_name(project_id: str | None) -> str:
+    """How a project is shown: jobs whose frames name none are "(none)"."""
+    return "(none)" if project_id is None else project_id
+
+
+def cap_text(max_running: int | None) -> str:
+    if max_running is None:
+        return "no cap"
+    return "paused (cap 0)" if max_running == 0 else f"cap {max_running}"
+
+
+def eta_text(seconds: float | None) -> str:
+    """An ETA for a table cell: "—" when unknown."""
+    return "—" if seconds is None else _duration(seconds)
+
+
+def render_projects(section: dict[str, Any]) -> list[str]:
+    if not section["top"]:
+        return []
+    lines = ["projects (biggest backlog first):"]
+    for row in section["top"]:
+        lines.append(
+            f"  {project_name(row['project_id'])}: weight {row['weight']}, "
+            f"{cap_text(row['max_running'])}, {row['queued']} queued, {row['running']} running, "
+            f"{'~' if row['frames_waiting_estimated'] else ''}{row['frames_waiting']} frame(s) "
+            f"waiting, {row['frames_per_second']:.1f} frames/s, ETA {eta_text(row['eta_seconds'])}"
+        )
+    if section["more"]:
+        lines.append(f"  … and {section['more']} more project(s): `argus-embedder project list`")
+    return lines
