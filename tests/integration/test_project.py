@@ -140,9 +140,10 @@ def test_list_shows_every_project_with_its_backlog(
 def test_a_running_project_has_a_rate_and_an_eta(
     conn: psycopg.Connection[Any], env: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    support.add_video(conn, "w1", ["x", "y", "z"], project_id="waiting")
+    # busy arrives last: on a tie of turns the newer project goes first.
     support.add_video(conn, "r1", [f"f{i}" for i in range(10)], project_id="busy")
     support.add_video(conn, "r2", ["x", "y"], project_id="busy")
-    support.add_video(conn, "w1", ["x", "y", "z"], project_id="waiting")
     claimer = queue.Queue(model=MODEL, worker_id="w", lease_seconds=60)
     [job] = claimer.claim(conn)
     assert job.video_id == "r1"
