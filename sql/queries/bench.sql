@@ -47,3 +47,9 @@ SELECT coalesce(sum(pg_total_relation_size(format('argus.%%I', s.partition_name)
                          THEN pg_relation_size(format('argus.%%I', s.index_name)::regclass) END), 0)
            AS index_bytes
 FROM argus.segments s WHERE s.model = %(model)s;
+
+-- name: bench_align_frame_ids
+-- Skip frame ids so the next frame inserted starts a segment of %(rows)s ids (search_growth).
+SELECT setval(pg_get_serial_sequence('argus.frames', 'id'),
+              ((SELECT coalesce(max(id), 0) FROM argus.frames) + %(rows)s) / %(rows)s * %(rows)s,
+              false) AS next_id;

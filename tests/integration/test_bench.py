@@ -8,15 +8,18 @@ reason it could not run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
+from typing import Any
 
+import psycopg
 import pytest
 
-from argus_embedder.bench import suite
+from argus_embedder.bench import dataset, search_growth, suite
 from tests.conftest import PostgresServer
 
 DESIGN_KEYS = {
@@ -29,6 +32,7 @@ DESIGN_KEYS = {
     "rss_growth_mb",
     "e2e_indexed_over_unindexed",
     "search_recall_at_10",
+    "search_p95_growth",
 }
 
 
@@ -67,3 +71,42 @@ def test_quick_bench_reports_every_design_figure(postgres_server: PostgresServer
     assert context["machine"]["cores"] >= 1
     assert context["base_model"]["dimension"] == 768
     assert context["durations_seconds"]["total"] > 0
+    growth = context["measurements"]["search_growth"]
+    assert growth["vectors"] == [10_000, 100_000] == growth["design_vectors"]
+    assert isinstance(growth["compaction"], bool)
+    for size in ("small", "large"):
+        assert 0 <= growth[f"search_recall_at_10_{size}"] <= 1
+
+
+def test_search_growth_measures_search_as_the_vectors_grow(database_url: str) -> None:
+    """The figure's scenario on a tiny corpus: 1 then 5 segments of 200 ids, every vector
+    written, every sealed segment indexed before search is timed, recall near exact."""
+    result = search_growth.run(database_url, [200, 1000], segment_rows=200, queries=20)
+
+    compaction = importlib.util.find_spec(search_growth.COMPACTOR) is not None
+    assert result.maintenance.compaction is compaction
+    small, large = result.checkpoints
+    assert (small.vectors, large.vectors) == (200, 1000)
+    assert small.segments == 1
+    assert large.segments == 5 if not compaction else 1 <= large.segments <= 5
+    for point in result.checkpoints:
+        assert point.segments_indexed == point.segments, point
+        assert point.recall_at_10 >= 0.95, point
+        assert 0 < point.search_ms_p50 <= point.search_ms_p95, point
+    assert result.maintenance.segments_built >= 5
+    growth = search_growth.p95_growth(result)
+    assert math.isfinite(growth) and growth > 0
+    with psycopg.connect(database_url) as connection:
+        row: Any = connection.execute(
+            "SELECT count(*), count(DISTINCT frame_id) FROM argus.frame_embeddings "
+            "WHERE model = %s AND embedding IS NOT NULL",
+            (search_growth.MODEL,),
+        ).fetchone()
+    assert row == (1000, 1000)
+
+
+def test_search_growth_refuses_sizes_that_are_not_whole_segments(database_url: str) -> None:
+    with pytest.raises(dataset.BenchError, match="multiple of 200"):
+        search_growth.run(database_url, [200, 300], segment_rows=200)
+    with pytest.raises(dataset.BenchError, match="ascend"):
+        search_growth.run(database_url, [400, 200], segment_rows=200)
