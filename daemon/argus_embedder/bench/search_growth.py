@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import importlib
 import json
+import os
 import statistics
 import sys
 import threading
@@ -318,13 +319,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     admin_url = settings.load().database_url or db.embedded_url()
     sizes = [int(size) for size in args.sizes.split(",")]
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()
     with dataset.scratch_database(admin_url) as url:
         result = run(url, sizes, segment_rows=args.segment_rows, queries=args.queries)
         versions = dataset.server_versions(url)
     report = dataclasses.asdict(result)
     report["seconds"] = time.perf_counter() - started
     report["database"] = versions
+    # A shared machine: the load says how much of the latency is other people's work.
+    report["load_average"] = {"start": load, "end": os.getloadavg()}
     print(json.dumps(report, indent=2))
     return 0
 
