@@ -56,3 +56,8 @@ SELECT j.id, j.video_id, j.status,
        extract(epoch FROM j.finished_at)::double precision AS finished
 FROM argus.embedding_jobs j WHERE j.video_id = ANY(%(video_ids)s)
 ORDER BY j.id;
+-- name: bench_align_frame_ids
+-- Skip frame ids so the next frame inserted starts a segment of %(rows)s ids (search_growth).
+SELECT setval(pg_get_serial_sequence('argus.frames', 'id'),
+              ((SELECT coalesce(max(id), 0) FROM argus.frames) + %(rows)s) / %(rows)s * %(rows)s,
+              false) AS next_id;

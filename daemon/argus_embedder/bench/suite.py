@@ -34,6 +34,7 @@ from argus_embedder.bench import (
     fairness,
     first_draft,
     peer_queue,
+    search_growth,
     vector_writes,
 )
 from argus_embedder.gateways import index
@@ -55,7 +56,9 @@ GOALS: dict[str, tuple[str, float]] = {
     "e2e_indexed_over_unindexed": (">=", 0.90),
     "search_recall_at_10": (">=", 0.95),
     "fair_start_wait_ratio": ("<=", 2.0),
+    "search_p95_growth": ("<=", 1.5),
 }
+GROWTH_RECALL = 0.95  # search_p95_growth counts only with recall@10 this high at both sizes
 MIB = 1024 * 1024
 FAIR_BACKLOG = 200  # fair_start_wait_ratio's backlog, as DESIGN §7 defines it
 
@@ -82,7 +85,15 @@ class Plan:
     rss_job_frames: int
     vectors: int
     other_index_kinds: tuple[str, ...]  # searched too, for the trade-offs (not a figure)
+    growth_vectors: tuple[int, int]  # search_p95_growth: 1x and 10x; 1x fills one segment
 
+
+# DESIGN §7 asks the full run for 100k and 1M vectors. On the 2 shared cores this bench
+# was written on, bulk HNSW builds ran 0.9k-3.2k rows/s (by load), so indexing 1M vectors
+# alone takes 5-18 minutes, and every compaction merge rebuilds: past the whole bench's
+# 15-minute budget. The full run measures a 1x/10x pair that fits, and reports both pairs.
+GROWTH_DESIGN = (100_000, 1_000_000)
+GROWTH_FULL = (20_000, 200_000)
 
 FULL = Plan(
     name="full",
@@ -103,6 +114,7 @@ FULL = Plan(
     rss_job_frames=500,
     vectors=100_000,
     other_index_kinds=("ivfflat", "none"),
+    growth_vectors=GROWTH_FULL,
 )
 QUICK = Plan(
     name="quick",
@@ -123,6 +135,7 @@ QUICK = Plan(
     rss_job_frames=200,
     vectors=10_000,
     other_index_kinds=(),
+    growth_vectors=(10_000, 100_000),
 )
 
 
@@ -226,6 +239,9 @@ class Bench:
         del tiny
         gc.collect()
         self.model_only()
+        # Last: it writes the most rows, and the autovacuum they leave behind must not
+        # run beside another scenario's measurement.
+        self.search_growth()
 
     # --- figures ----------------------------------------------------------------
 
@@ -241,6 +257,31 @@ class Bench:
         self.progress.say(
             f"writes {result.writes_per_second:,.0f} rows/s, recall@10 "
             f"{result.recall_at_10:.3f}, search {result.search_ms_median:.0f} ms median"
+        )
+
+    def search_growth(self) -> None:
+        """search_p95_growth: search's p95 over 10x the vectors / over 1x, the vectors
+        written through the write path with the background index work (builds, merges)
+        running beside the writes; recall@10 at both sizes reported beside it."""
+        small, large = self.plan.growth_vectors
+        with self.progress.step("search growth", f"{small:,} then {large:,} clustered vectors"):
+            result = search_growth.run(self.url, [small, large], segment_rows=small)
+        first, last = result.checkpoints[0], result.checkpoints[-1]
+        self.figures["search_p95_growth"] = search_growth.p95_growth(result)
+        self.measurements["search_growth"] = {
+            "vectors": [small, large],
+            "design_vectors": list(GROWTH_DESIGN) if self.plan is FULL else [small, large],
+            "compaction": result.maintenance.compaction,
+            "search_recall_at_10_small": first.recall_at_10,
+            "search_recall_at_10_large": last.recall_at_10,
+            "recall_goal": GROWTH_RECALL,
+            **dataclasses.asdict(result),
+        }
+        self.progress.say(
+            f"p95 {first.search_ms_p95:.1f} ms over {small:,} ({first.segments} segment(s)), "
+            f"{last.search_ms_p95:.1f} ms over {large:,} ({last.segments}); recall@10 "
+            f"{first.recall_at_10:.3f} / {last.recall_at_10:.3f}, compaction "
+            f"{'on' if result.maintenance.compaction else 'absent'}"
         )
 
     def claims(self) -> None:
@@ -678,6 +719,11 @@ def _verdict(key: str, value: float | None, context: dict[str, Any]) -> str:
         return f"no figure: {context['peer']['reason']}"
     op, goal = GOALS[key]
     met = {">=": value >= goal, "<=": value <= goal, "<": value < goal}[op]
+    if key == "search_p95_growth":
+        growth = context["measurements"]["search_growth"]
+        recalls = [growth["search_recall_at_10_small"], growth["search_recall_at_10_large"]]
+        if min(recalls) < GROWTH_RECALL:
+            return f"MISSED (recall@10 {recalls[0]:.3f} / {recalls[1]:.3f})"
     return "met" if met else "MISSED"
 
 
@@ -731,7 +777,31 @@ def _details(context: dict[str, Any]) -> list[str]:
         f"RSS: {rss['baseline_mb']:.0f} MB after warm-up, {rss['final_mb']:.0f} MB after "
         f"{rss['frames']:,} frames (peak {rss['peak_mb']:.0f} MB, "
         f"{rss['frames_per_second']:.0f} frames/s)",
+        *_growth_details(measured["search_growth"]),
     ]
+
+
+def _growth_details(growth: dict[str, Any]) -> list[str]:
+    maintenance = growth["maintenance"]
+    lines = [
+        f"search growth, segments of {growth['segment_rows']:,} ids, compaction "
+        f"{'on' if growth['compaction'] else 'absent (no services.compactor)'}: "
+        f"{maintenance['segments_built']} segments built, {maintenance['merges']} merges "
+        f"in {maintenance['seconds']:.0f} s"
+    ]
+    if growth["vectors"] != growth["design_vectors"]:
+        small, large = growth["design_vectors"]
+        lines.append(
+            f"  measured over {growth['vectors'][0]:,} and {growth['vectors'][1]:,} vectors, "
+            f"not DESIGN's {small:,} and {large:,}: indexing those does not fit this run"
+        )
+    lines += [
+        f"  {point['vectors']:,} vectors in {point['segments']} segment(s): search "
+        f"{point['search_ms_p50']:.1f} ms p50 / {point['search_ms_p95']:.1f} ms p95, "
+        f"recall@10 {point['recall_at_10']:.3f}"
+        for point in growth["checkpoints"]
+    ]
+    return lines
 
 
 # --- small helpers ---------------------------------------------------------------

@@ -1,0 +1,336 @@
+"""search_p95_growth: how `search`'s latency grows with the corpus (DESIGN §7).
+
+Clustered 768-d unit vectors are written the way the worker writes a batch (segments
+ensured, then store.write: binary COPY plus fenced progress) into a model registered with
+an HNSW index, while the daemon's background index work runs beside the writes on its own
+connection: the indexer's bulk builds of sealed segments and, where the compactor exists,
+its merges (`maintain`). At each checkpoint size the writes pause, that work catches up,
+and `search` (the real query path: the segments' ANN indexes plus the exact scan of what
+they do not cover) answers QUERIES queries, warm. Their p50/p95 latency is timed and
+their top-10 compared with an exact top-10 over everything written so far.
+
+Every checkpoint is a whole number of segments, so the first one fills exactly one: with
+the production segment size (100,000 frame ids) the full run compares 1 segment with 10.
+Without compaction a query probes every segment's index, so p95 grows with the segment
+count; with tiered compaction it should grow with the logarithm of the corpus.
+
+`python -m argus_embedder.bench.search_growth --sizes 4000,40000,200000 --segment-rows 4000`
+prints the same measurements at any checkpoints (the 1/10/50-segment table in
+docs/performance.md); it is not part of the bench or of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+
+from argus_embedder import db
+from argus_embedder.bench import dataset
+from argus_embedder.commands import search
+from argus_embedder.gateways import index, store
+from argus_embedder.gateways.queue import Job, Queue
+
+MODEL = "argus-bench/growth-768"
+DIMENSION = 768
+WRITE_BATCH = 500  # rows per write: a large GPU batch
+CHUNK = 10_000  # vectors drawn (and folded into the exact top-10) at a time
+QUERIES = 200  # timed per checkpoint: enough for a p95 that is not one outlier
+WARM_UP = 20  # untimed queries first at each checkpoint (plans, buffers)
+TOP = 10
+COMPACTOR = "argus_embedder.services.compactor"
+
+FloatArray = npt.NDArray[np.float32]
+CompactOnce = Callable[[psycopg.Connection[Any], str], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """Search over the first `vectors` vectors, once the background work caught up."""
+
+    vectors: int
+    segments: int  # segments holding the model's vectors (fewer once merged)
+    segments_indexed: int
+    recall_at_10: float
+    search_ms_p50: float
+    search_ms_p95: float
+    write_seconds: float  # writing the vectors since the last checkpoint
+    catch_up_seconds: float  # the background work still to do once the writes stopped
+
+
+@dataclasses.dataclass
+class Maintenance:
+    """What `maintain` did over a run."""
+
+    compaction: bool  # the compactor module exists, so merges ran
+    segments_built: int = 0
+    merges: int = 0
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    segment_rows: int
+    clusters: int
+    queries: int
+    checkpoints: list[Checkpoint]
+    maintenance: Maintenance
+
+
+def p95_growth(result: Result) -> float:
+    """The last checkpoint's p95 ÷ the first's."""
+    return result.checkpoints[-1].search_ms_p95 / result.checkpoints[0].search_ms_p95
+
+
+def compactor() -> CompactOnce | None:
+    """`services.compactor.compact_once` where that module exists, else None."""
+    try:
+        module = importlib.import_module(COMPACTOR)
+    except ModuleNotFoundError as error:
+        if error.name != COMPACTOR:
+            raise  # the compactor exists but cannot import: that must not read as "absent"
+        return None
+    compact_once: CompactOnce = module.compact_once
+    return compact_once
+
+
+def maintain(
+    connection: psycopg.Connection[Any], model: str, done: Maintenance, stopping: threading.Event
+) -> bool:
+    """One round of what the daemon's background services do for `model`'s index: build
+    the sealed segments' indexes (services/indexer), then merge segments until the
+    compactor finds nothing to merge (services/compactor, where it exists). Returns
+    whether it did any work."""
+    started = time.perf_counter()
+    built = index.build_sealed(connection, model)
+    merges = 0
+    compact_once = compactor() if done.compaction else None
+    while compact_once is not None and not stopping.is_set() and compact_once(connection, model):
+        merges += 1
+    done.segments_built += len(built)
+    done.merges += merges
+    done.seconds += time.perf_counter() - started
+    return bool(built or merges)
+
+
+def run(
+    url: str, sizes: Sequence[int], *, segment_rows: int, queries: int = QUERIES, seed: int = 1768
+) -> Result:
+    """Write up to each of `sizes` vectors (ascending, each a multiple of `segment_rows`)
+    with the background work running, and measure search at each."""
+    if not sizes or list(sizes) != sorted(set(sizes)) or any(s % segment_rows for s in sizes):
+        raise dataset.BenchError(
+            f"sizes {list(sizes)} must ascend and each be a multiple of {segment_rows}"
+        )
+    rng = np.random.default_rng(seed)
+    # The same mixture at every size: a larger corpus has more frames of the same scenes.
+    clusters = max(8, sizes[-1] // 1000)
+    centres = _unit(rng.standard_normal((clusters, DIMENSION), dtype=np.float32))
+    asked = _draw(centres, queries, rng)
+    truth = _Truth(asked)
+    done = Maintenance(compaction=compactor() is not None)
+    checkpoints = []
+    with db.connect(url, autocommit=True) as connection:
+        model = index.register(connection, MODEL, DIMENSION, "hnsw", segment_rows=segment_rows)
+        job, frame_ids = _job_with_frames(connection, sizes[-1], segment_rows)
+        segments = index.Segments(model)
+        written = 0
+        for size in sizes:
+            with _background(url, done) as write_started:
+                while written < size:
+                    count = min(CHUNK, size - written)
+                    vectors = _draw(centres, count, rng)
+                    ids = frame_ids[written : written + count]
+                    _write(connection, segments, job, ids, vectors)
+                    truth.add(ids, vectors)
+                    written += count
+                write_seconds = time.perf_counter() - write_started
+            started = time.perf_counter()
+            while maintain(connection, MODEL, done, threading.Event()):
+                pass
+            catch_up = time.perf_counter() - started
+            checkpoints.append(_measure(connection, size, asked, truth, write_seconds, catch_up))
+    return Result(segment_rows, clusters, queries, checkpoints, done)
+
+
+@contextlib.contextmanager
+def _background(url: str, done: Maintenance) -> Iterator[float]:
+    """`maintain` on its own connection in a thread, as the daemon's services run it,
+    until the block ends (then it finishes its round: joined, never left behind).
+    Yields the time the block started."""
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            with db.connect(url, autocommit=True) as connection:
+                while not stop.is_set():
+                    if not maintain(connection, MODEL, done, stop):
+                        stop.wait(0.5)
+        except BaseException as error:  # re-raised in the bench's thread below
+            failure.append(error)
+
+    thread = threading.Thread(target=loop, name="bench-maintenance", daemon=True)
+    thread.start()
+    try:
+        yield time.perf_counter()
+    finally:
+        stop.set()
+        thread.join()
+    if failure:
+        raise dataset.BenchError(f"background index work failed: {failure[0]}") from failure[0]
+
+
+def _measure(
+    connection: psycopg.Connection[Any],
+    size: int,
+    asked: FloatArray,
+    truth: _Truth,
+    write_seconds: float,
+    catch_up_seconds: float,
+) -> Checkpoint:
+    for query in asked[:WARM_UP]:
+        search.search(connection, MODEL, query, limit=TOP)
+    recalls, latencies = [], []
+    for query, expected in zip(asked, truth.ids(), strict=True):
+        started = time.perf_counter()
+        hits = search.search(connection, MODEL, query, limit=TOP)
+        latencies.append(time.perf_counter() - started)
+        recalls.append(len({hit.frame_id for hit in hits} & set(expected.tolist())) / TOP)
+    report = connection.execute(db.queries()["segment_report"], {"model": MODEL}).fetchall()
+    return Checkpoint(
+        vectors=size,
+        segments=len(report),
+        segments_indexed=sum(1 for row in report if row["index_name"] is not None),
+        recall_at_10=float(np.mean(recalls)),
+        search_ms_p50=statistics.median(latencies) * 1000,
+        search_ms_p95=float(np.percentile(latencies, 95)) * 1000,
+        write_seconds=write_seconds,
+        catch_up_seconds=catch_up_seconds,
+    )
+
+
+class _Truth:
+    """The exact top-10 of each query over every vector added so far, kept as the vectors
+    stream by (a million 768-d vectors need not sit in memory at once)."""
+
+    def __init__(self, queries: FloatArray) -> None:
+        # The index ranks halfvec distances; brute force on the same rounding is fair.
+        self._queries = queries.astype(np.float16).astype(np.float32)
+        self._scores = np.full((len(queries), TOP), -np.inf, dtype=np.float32)
+        self._ids = np.full((len(queries), TOP), -1, dtype=np.int64)
+
+    def add(self, frame_ids: Sequence[int], vectors: FloatArray) -> None:
+        scores = self._queries @ vectors.astype(np.float16).astype(np.float32).T
+        ids = np.broadcast_to(np.asarray(frame_ids, dtype=np.int64), scores.shape)
+        scores = np.concatenate([self._scores, scores], axis=1)
+        ids = np.concatenate([self._ids, ids], axis=1)
+        best = np.argpartition(-scores, TOP - 1, axis=1)[:, :TOP]
+        self._scores = np.take_along_axis(scores, best, axis=1)
+        self._ids = np.take_along_axis(ids, best, axis=1)
+
+    def ids(self) -> npt.NDArray[np.int64]:
+        return self._ids
+
+
+def _draw(centres: FloatArray, count: int, rng: np.random.Generator) -> FloatArray:
+    """`count` unit vectors around random `centres` (cosine to the centre ~0.78), as
+    vector_writes.clustered draws them."""
+    members = rng.integers(0, len(centres), count)
+    spread = rng.standard_normal((count, DIMENSION), dtype=np.float32) * (0.8 / DIMENSION**0.5)
+    return _unit(centres[members] + spread)
+
+
+def _unit(rows: FloatArray) -> FloatArray:
+    return np.ascontiguousarray(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+
+
+def _job_with_frames(
+    connection: psycopg.Connection[Any], count: int, segment_rows: int
+) -> tuple[Job, list[int]]:
+    """A running job (so writes are fenced, as the daemon's are) over `count` frame rows
+    whose ids start a segment: a segment seals only once every frame in its id range has
+    a row, so one shared with other scenarios' frames would never seal."""
+    video_id = "search-growth"
+    uri = f"s3://{dataset.BUCKET}/unused.jpg"  # these frames are never downloaded
+    connection.execute(db.queries()["bench_align_frame_ids"], {"rows": segment_rows})
+    dataset.add_videos(connection, {video_id: [uri] * count}, model=MODEL)
+    # A long lease: the bulk builds and the searches between the writes must not expire it.
+    claimed = Queue(model=MODEL, worker_id="argus-bench", lease_seconds=3600).claim(connection)
+    if len(claimed) != 1:
+        raise dataset.BenchError(f"expected to claim the growth job, got {len(claimed)}")
+    rows = connection.execute(db.queries()["bench_frame_ids"], {"video_id": video_id})
+    frame_ids = [int(row["id"]) for row in rows]
+    if frame_ids[0] % segment_rows or frame_ids[-1] - frame_ids[0] != count - 1:
+        raise dataset.BenchError("the growth frames do not fill whole segments in order")
+    return claimed[0], frame_ids
+
+
+def _write(
+    connection: psycopg.Connection[Any],
+    segments: index.Segments,
+    job: Job,
+    frame_ids: Sequence[int],
+    vectors: FloatArray,
+) -> None:
+    """The worker's write path in WRITE_BATCH chunks."""
+    for start in range(0, len(frame_ids), WRITE_BATCH):
+        chunk = frame_ids[start : start + WRITE_BATCH]
+        segments.ensure(connection, chunk)
+        results = [
+            store.FrameResult(frame_id, vector=vector)
+            for frame_id, vector in zip(chunk, vectors[start : start + WRITE_BATCH], strict=True)
+        ]
+        outcome = store.write(
+            connection,
+            [store.JobWrite(job, results)],
+            preprocessing="argus-bench-synthetic",
+            lease_seconds=3600,
+        )
+        if outcome.lost or outcome.refused:
+            raise dataset.BenchError(f"the growth job's write failed: {outcome}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure search at the given checkpoints on a scratch database; print JSON."""
+    parser = argparse.ArgumentParser(
+        prog="python -m argus_embedder.bench.search_growth",
+        description="search p50/p95 and recall@10 as clustered 768-d vectors grow "
+        "(on ARGUS_DATABASE_URL's server, else the embedded PostgreSQL; database argus_bench)",
+    )
+    parser.add_argument("--sizes", default="4000,40000,200000", help="checkpoints, ascending")
+    parser.add_argument("--segment-rows", type=int, default=4000)
+    parser.add_argument("--queries", type=int, default=QUERIES)
+    args = parser.parse_args(argv)
+    from argus_embedder import settings
+
+    admin_url = settings.load().database_url or db.embedded_url()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    started, load = time.perf_counter(), os.getloadavg()
+    with dataset.scratch_database(admin_url) as url:
+        result = run(url, sizes, segment_rows=args.segment_rows, queries=args.queries)
+        versions = dataset.server_versions(url)
+    report = dataclasses.asdict(result)
+    report["seconds"] = time.perf_counter() - started
+    report["database"] = versions
+    # A shared machine: the load says how much of the latency is other people's work.
+    report["load_average"] = {"start": load, "end": os.getloadavg()}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
