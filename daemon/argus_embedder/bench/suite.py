@@ -40,7 +40,7 @@ from argus_embedder.bench import (
 from argus_embedder.gateways import index
 from argus_embedder.pipeline import embedder, preparing, worker
 from argus_embedder.pipeline.storage import Storage
-from argus_embedder.services import indexer, periodic
+from argus_embedder.services import compactor, indexer, periodic
 from argus_embedder.settings import Settings, redact_url
 from argus_embedder.testing import tinymodel
 
@@ -449,9 +449,13 @@ class Bench:
             # The daemon's indexing beside the worker, as `run` has it, checking every half
             # second instead of every CHECK_SECONDS: these runs last seconds, not hours.
             indexing = dataclasses.replace(indexer.task(model.model), interval=0.5, first_delay=0)
+            compacting = dataclasses.replace(
+                compactor.task(model.model), interval=0.5, first_delay=0
+            )
             with (
                 self.progress.step(f"index {kind}", f"1 job x {half} frames"),
                 periodic.running(self.url, [indexing], stop=threading.Event()),
+                periodic.running(self.url, [compacting], stop=threading.Event()),
             ):
                 tally.add(kind, half, self._e2e(model, [half]))
         built = self._segments_indexed(models["hnsw"].model)
