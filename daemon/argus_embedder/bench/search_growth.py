@@ -39,14 +39,13 @@ import numpy.typing as npt
 import psycopg
 
 from argus_embedder import db
-from argus_embedder.bench import dataset
+from argus_embedder.bench import dataset, vector_writes
 from argus_embedder.commands import search
-from argus_embedder.gateways import index, store
+from argus_embedder.gateways import index
 from argus_embedder.gateways.queue import Job, Queue
 
 MODEL = "argus-bench/growth-768"
 DIMENSION = 768
-WRITE_BATCH = 500  # rows per write: a large GPU batch
 CHUNK = 10_000  # vectors drawn (and folded into the exact top-10) at a time
 QUERIES = 200  # timed per checkpoint: enough for a p95 that is not one outlier
 WARM_UP = 20  # untimed queries first at each checkpoint (plans, buffers)
@@ -154,7 +153,7 @@ def run(
                     count = min(CHUNK, size - written)
                     vectors = _draw(centres, count, rng)
                     ids = frame_ids[written : written + count]
-                    _write(connection, segments, job, ids, vectors)
+                    vector_writes.write(connection, segments, job, ids, vectors)
                     truth.add(ids, vectors)
                     written += count
                 write_seconds = time.perf_counter() - write_started
@@ -277,31 +276,6 @@ def _job_with_frames(
     if frame_ids[0] % segment_rows or frame_ids[-1] - frame_ids[0] != count - 1:
         raise dataset.BenchError("the growth frames do not fill whole segments in order")
     return claimed[0], frame_ids
-
-
-def _write(
-    connection: psycopg.Connection[Any],
-    segments: index.Segments,
-    job: Job,
-    frame_ids: Sequence[int],
-    vectors: FloatArray,
-) -> None:
-    """The worker's write path in WRITE_BATCH chunks."""
-    for start in range(0, len(frame_ids), WRITE_BATCH):
-        chunk = frame_ids[start : start + WRITE_BATCH]
-        segments.ensure(connection, chunk)
-        results = [
-            store.FrameResult(frame_id, vector=vector)
-            for frame_id, vector in zip(chunk, vectors[start : start + WRITE_BATCH], strict=True)
-        ]
-        outcome = store.write(
-            connection,
-            [store.JobWrite(job, results)],
-            preprocessing="argus-bench-synthetic",
-            lease_seconds=3600,
-        )
-        if outcome.lost or outcome.refused:
-            raise dataset.BenchError(f"the growth job's write failed: {outcome}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

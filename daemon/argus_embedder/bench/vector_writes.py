@@ -101,11 +101,11 @@ def run(url: str, count: int, *, seed: int = 768, other_kinds: Sequence[str] = (
         cutoff = (frame_ids[-1] - segment_rows + 1) // segment_rows * segment_rows
         early = sum(1 for frame_id in frame_ids if frame_id < cutoff)
         segments = index.Segments(model)
-        early_seconds = _write(connection, segments, job, frame_ids[:early], vectors[:early])
+        early_seconds = write(connection, segments, job, frame_ids[:early], vectors[:early])
         started = time.perf_counter()
         built = index.build_sealed(connection, MODEL)
         build_seconds = time.perf_counter() - started
-        late_seconds = _write(connection, segments, job, frame_ids[early:], vectors[early:])
+        late_seconds = write(connection, segments, job, frame_ids[early:], vectors[early:])
         recall, latencies = _recall(connection, frame_ids, vectors, queries)
         table_bytes, index_bytes = _sizes(connection)
         others = [_reindex(connection, kind, frame_ids, vectors, queries) for kind in other_kinds]
@@ -171,14 +171,16 @@ def _job_with_frames(connection: psycopg.Connection[Any], count: int) -> tuple[J
     return claimed[0], [int(row["id"]) for row in rows]
 
 
-def _write(
+def write(
     connection: psycopg.Connection[Any],
     segments: index.Segments,
     job: Job,
     frame_ids: Sequence[int],
     vectors: FloatArray,
 ) -> float:
-    """The worker's write path in WRITE_BATCH chunks; returns the seconds it took."""
+    """The worker's write path in WRITE_BATCH chunks; returns the seconds it took.
+
+    Also the search-growth bench's writer: one path, so both measure the same writes."""
     started = time.perf_counter()
     for start in range(0, len(frame_ids), WRITE_BATCH):
         chunk = frame_ids[start : start + WRITE_BATCH]
@@ -193,8 +195,8 @@ def _write(
             preprocessing="argus-bench-synthetic",
             lease_seconds=3600,
         )
-        if outcome.lost:
-            raise dataset.BenchError("the vectors job lost its lease mid-write")
+        if outcome.lost or outcome.refused:
+            raise dataset.BenchError(f"the bench job's write failed: {outcome}")
     return time.perf_counter() - started
 
 
