@@ -121,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--json", action="store_true")
 
-    sub = add("serve", "the read-only search service: GET /search, /frames/ID, /readyz, /metrics")
+    sub = add(
+        "serve",
+        "the read-only search service: the search page at /, GET /search, /frames/ID, "
+        "/readyz, /metrics",
+    )
     sub.add_argument("--port", type=int, default=8478, help="0: any free port (default 8478)")
     sub.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
 
