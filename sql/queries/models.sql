@@ -29,6 +29,10 @@ SELECT lower_bound FROM argus.precreate_segments(%(model)s, %(ahead)s) AS lower_
 SELECT argus.unit_next(%(model)s, %(fanout)s, make_interval(secs => %(quiet_seconds)s),
                        %(tier0_only)s) AS unit_id;
 
+-- name: unit_append
+SELECT unit_id, table_name, lower_bound, upper_bound, appended
+FROM argus.unit_append(%(model)s, make_interval(secs => %(quiet_seconds)s));
+
 -- name: unit_fill
 SELECT argus.unit_fill(%(unit_id)s) AS rows;
 
@@ -39,11 +43,13 @@ SELECT argus.unit_publish(%(unit_id)s) AS published;
 SELECT argus.drop_retired_units(%(model)s, make_interval(secs => %(grace_seconds)s)) AS dropped;
 
 -- name: unit
-SELECT id, model, lower_bound, upper_bound, tier, kind, table_name, state, rows, build_seconds
+SELECT id, model, lower_bound, upper_bound, tier, kind, table_name, state, rows,
+       trained_rows, build_seconds
 FROM argus.search_units WHERE id = %(unit_id)s;
 
 -- name: units
-SELECT id, model, lower_bound, upper_bound, tier, kind, table_name, state, rows, build_seconds
+SELECT id, model, lower_bound, upper_bound, tier, kind, table_name, state, rows,
+       trained_rows, build_seconds
 FROM argus.search_units WHERE model = %(model)s ORDER BY lower_bound, tier, id;
 
 -- name: segment_report

@@ -163,7 +163,14 @@ def test_changing_the_kind_rebuilds_and_none_drops(conn: psycopg.Connection[Any]
     assert len(index.build_sealed(conn, MODEL)) == 2
     index.register(conn, MODEL, DIMENSION, "ivfflat")
     built = index.build_sealed(conn, MODEL)
-    assert len(built) == 2 and all(name.endswith("_ivfflat") for name in built)
+    # Each hnsw unit rebuilt as ivfflat, then the two folded into one (ivfflat grows in place).
+    assert len(built) == 3 and all(name.endswith("_ivfflat") for name in built)
+    live = [
+        (u.kind, u.lower_bound, u.upper_bound)
+        for u in index.units(conn, MODEL)
+        if u.state == "live"
+    ]
+    assert live == [("ivfflat", 0, 200)]
     index.register(conn, MODEL, DIMENSION, "none")
     assert index.build_sealed(conn, MODEL) == []
     left = conn.execute(

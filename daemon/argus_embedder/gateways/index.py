@@ -172,7 +172,19 @@ class Unit:
     table_name: str
     state: str
     rows: int | None
+    trained_rows: int | None  # rows when its index was built; an ivfflat unit grows past it
     build_seconds: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Append:
+    """An ivfflat unit grown in place by a sealed segment or a smaller adjacent unit."""
+
+    unit_id: int
+    table_name: str
+    lower_bound: int
+    upper_bound: int
+    appended: int
 
 
 def next_unit(
@@ -197,6 +209,21 @@ def next_unit(
             },
         ).fetchone()
     return None if row is None else row["unit_id"]
+
+
+def append_next(
+    connection: psycopg.Connection[Any], model: str, *, quiet_seconds: float = QUIET_SECONDS
+) -> Append | None:
+    """Grow one of an ivfflat model's live units by what lies right above it (a sealed
+    segment, or a smaller live unit), in one commit; None when there is nothing to append
+    (always for other kinds), a unit is being built, or another daemon holds the lock."""
+    try:
+        with connection.transaction(), connection.cursor(row_factory=class_row(Append)) as cursor:
+            return cursor.execute(
+                db.queries()["unit_append"], {"model": model, "quiet_seconds": quiet_seconds}
+            ).fetchone()
+    except psycopg.errors.LockNotAvailable:
+        return None  # a straggler's write in flight on the segment: the next pass appends
 
 
 def build_unit(
@@ -254,13 +281,25 @@ def drop_retired(connection: psycopg.Connection[Any], model: str, *, grace_secon
 def build_sealed(
     connection: psycopg.Connection[Any], model: str, *, quiet_seconds: float = QUIET_SECONDS
 ) -> list[str]:
-    """Index every sealed, uncovered segment of `model` (a tier-0 unit each).
+    """Index every sealed, uncovered segment of `model`: a tier-0 unit each, or, for an
+    ivfflat model, appended to the live unit just below it where there is one.
 
     One builder in the fleet at a time (the indexer's transaction advisory lock);
-    returns the units built here ([] while another daemon builds).
+    returns the unit built or grown at each step ([] while another daemon builds).
     """
     built: list[str] = []
     while True:
+        grown = append_next(connection, model, quiet_seconds=quiet_seconds)
+        if grown is not None:
+            built.append(grown.table_name)
+            log.info(
+                "appended %s rows of %s to its unit, now [%d, %d)",
+                grown.appended,
+                model,
+                grown.lower_bound,
+                grown.upper_bound,
+            )
+            continue
         unit_id = next_unit(
             connection, model, fanout=2, tier0_only=True, quiet_seconds=quiet_seconds
         )

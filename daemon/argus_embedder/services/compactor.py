@@ -8,7 +8,10 @@ the copy and the bulk index build happen on a table nobody can see yet, and one
 commit makes it live and retires the units it replaces, so a search finds every
 committed vector exactly once, before, during and after a merge. A corpus of N
 frame ids is then searched through at most (FANOUT - 1) units per tier, with
-log_FANOUT(N / segment_rows) tiers. One compactor in the fleet at a time (the
+log_FANOUT(N / segment_rows) tiers. An ivfflat model's units grow in place instead
+(argus.unit_append in sql/migrations/0008_growing_units.sql: IVFFlat takes inserts at
+close to the COPY rate) and are rebuilt at twice the rows their lists were trained
+on, so a query probes one unit whatever the corpus size. One compactor in the fleet at a time (the
 indexer's transaction advisory lock, which unit builds share); retired units are
 dropped after GRACE_SECONDS, when no search can still be reading them.
 """
@@ -35,9 +38,21 @@ CHECK_SECONDS = 30.0  # how often a daemon looks for a merge to do
 
 
 def compact_once(connection: psycopg.Connection[Any], model: str) -> bool:
-    """Do at most one unit step for `model` (a sealed segment's unit, a merge, or a rebuild
-    in a new index kind) and drop expired retired units; True when it did work."""
+    """Do at most one unit step for `model` (an append, a sealed segment's unit, a merge,
+    a rebuild of a grown ivfflat unit or in a new index kind) and drop expired retired
+    units; True when it did work."""
     dropped = index.drop_retired(connection, model, grace_seconds=GRACE_SECONDS)
+    grown = index.append_next(connection, model)
+    if grown is not None:
+        log.info(
+            "compacted %s: appended %s rows to unit %s, now [%d, %d)",
+            model,
+            grown.appended,
+            grown.table_name,
+            grown.lower_bound,
+            grown.upper_bound,
+        )
+        return True
     unit_id = index.next_unit(connection, model, fanout=FANOUT, tier0_only=False)
     if unit_id is None:
         return dropped > 0
