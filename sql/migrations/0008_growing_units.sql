@@ -13,9 +13,10 @@
 --     sees either the segment scanned exactly and the unit without its rows, or
 --     the unit with them and the segment covered, never both, never neither;
 --   * a unit that has grown to 2x the rows its lists were trained on is rebuilt
---     (argus.unit_next's first step for ivfflat), so a probe reads between ~1,000
---     and ~2,000 rows per list (lists = rows / 1000 at the build) whatever the
---     corpus size, and each vector is built into an index ~2 + 1 times (a
+--     (argus.unit_next's first step for ivfflat), and search probes a grown unit
+--     in proportion (10 probes at its build size, 5 at twice it), so a query
+--     reads ~10 lists of ~1,000 rows (lists = rows / 1000 at the build) whatever
+--     the corpus size, and each vector is built into an index ~2 + 1 times (a
 --     geometric series of rebuilds plus its append).
 --
 -- hnsw models keep 0007's tiers: an HNSW insert costs ~1 ms, too slow to grow a
@@ -26,6 +27,13 @@
 -- one moment's (a VOLATILE function took a new snapshot per statement, so a
 -- unit published or grown between the two could show a vector twice, or a
 -- straggler replayed into a new unit not at all).
+
+-- The lists of an IVFFlat unit built over p_rows rows: pgvector's advice (rows / 1000
+-- up to 1M rows, sqrt(rows) past it), at most 4000 (a probe scans every centroid).
+CREATE FUNCTION argus.ivfflat_lists(p_rows bigint) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN greatest(1, least(4000, CASE WHEN p_rows <= 1000000 THEN p_rows / 1000
+                                    ELSE sqrt(p_rows)::bigint END))::integer;
 
 ALTER TABLE argus.search_units ADD COLUMN trained_rows bigint NULL;
 UPDATE argus.search_units SET trained_rows = rows;
@@ -295,9 +303,7 @@ BEGIN
     ELSE
         EXECUTE format(
             'CREATE INDEX ON argus.%I USING ivfflat (embedding halfvec_cosine_ops) '
-            'WITH (lists = %s)', v_unit.table_name,
-            greatest(1, least(4000, CASE WHEN v_rows <= 1000000 THEN v_rows / 1000
-                                         ELSE sqrt(v_rows)::bigint END)));
+            'WITH (lists = %s)', v_unit.table_name, argus.ivfflat_lists(v_rows));
     END IF;
     EXECUTE format('ANALYZE argus.%I', v_unit.table_name);
     UPDATE argus.search_units
@@ -336,7 +342,14 @@ BEGIN
     PERFORM set_config('hnsw.iterative_scan',
                        CASE WHEN p_project_id IS NOT NULL OR 2 * p_limit > 1000
                             THEN 'strict_order' ELSE 'off' END, true);
-    PERFORM set_config('ivfflat.probes', '10', true);
+    -- 10 probes of a unit built at its size; a unit grown by appends since its build
+    -- has fewer, fuller lists (the same cells, denser), so it is probed in proportion:
+    -- the same share of the space, the same ~10 lists' worth of rows, whatever its size.
+    PERFORM set_config('ivfflat.probes', coalesce((
+        SELECT max(ceil(10.0 * argus.ivfflat_lists(u.trained_rows)
+                        / argus.ivfflat_lists(u.rows)))::integer
+        FROM argus.search_units u
+        WHERE u.model = p_model AND u.state = 'live' AND u.kind = 'ivfflat'), 10)::text, true);
     PERFORM set_config('ivfflat.iterative_scan', 'relaxed_order', true);
     LOOP
         v_try := v_try + 1;
@@ -400,3 +413,4 @@ $$;
 
 REVOKE ALL ON FUNCTION argus.unit_append(text, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION argus.unit_append(text, interval) TO argus_worker;
+GRANT EXECUTE ON FUNCTION argus.ivfflat_lists(bigint) TO argus_worker, argus_reader;
