@@ -48,10 +48,6 @@ MODEL = "argus-bench/growth-768"
 DIMENSION = 768
 CHUNK = 10_000  # vectors drawn (and folded into the exact top-10) at a time
 QUERIES = 200  # timed per checkpoint: enough for a p95 that is not one outlier
-# Untimed queries first at each checkpoint, drawn apart from the timed ones: as many,
-# so the timed ones meet the steady state a serving database is in (its units' pages
-# in shared buffers where they fit), not the first reads after a rebuild.
-WARM_UP = QUERIES
 TOP = 10
 # The kind a growing corpus should use: an ivfflat unit grows in place and a query
 # probes one unit at any size; hnsw units merge in tiers, so its probes grow with the
@@ -153,7 +149,10 @@ def run(
     clusters = max(8, sizes[-1] // 1000)
     centres = _unit(rng.standard_normal((clusters, DIMENSION), dtype=np.float32))
     asked = _draw(centres, queries, rng)
-    warm_up = _draw(centres, WARM_UP, rng)
+    # Untimed queries first at each checkpoint, drawn apart from the timed ones and as
+    # many, so the timed ones meet the steady state a serving database is in (its units'
+    # pages in shared buffers where they fit), not the first reads after a rebuild.
+    warm_up = _draw(centres, queries, rng)
     truth = _Truth(asked)
     done = Maintenance(compaction=compactor() is not None)
     checkpoints = []
