@@ -800,7 +800,8 @@ def _growth_details(growth: dict[str, Any]) -> list[str]:
     lines += [
         f"  {point['vectors']:,} vectors in {point['segments']} segment(s): search "
         f"{point['search_ms_p50']:.1f} ms p50 / {point['search_ms_p95']:.1f} ms p95, "
-        f"recall@10 {point['recall_at_10']:.3f}"
+        f"recall@10 {point['recall_at_10']:.3f} (after {len(point['warm_up_ms_p50'])} "
+        f"untimed passes, p50 {' → '.join(f'{ms:.1f}' for ms in point['warm_up_ms_p50'])} ms)"
         for point in growth["checkpoints"]
     ]
     return lines

@@ -101,6 +101,10 @@ def run(url: str, count: int, *, seed: int = 768, other_kinds: Sequence[str] = (
         cutoff = (frame_ids[-1] - segment_rows + 1) // segment_rows * segment_rows
         early = sum(1 for frame_id in frame_ids if frame_id < cutoff)
         segments = index.Segments(model)
+        # In a daemon the segments task creates segments ahead of the writes
+        # (services/indexer.segments_task); here every frame exists before the first
+        # write, so create their segments first, untimed, as that task would have.
+        segments.ensure(connection, frame_ids)
         early_seconds = write(connection, segments, job, frame_ids[:early], vectors[:early])
         started = time.perf_counter()
         built = index.build_sealed(connection, MODEL)
