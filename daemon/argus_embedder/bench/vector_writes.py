@@ -27,6 +27,7 @@ from argus_embedder.bench import dataset
 from argus_embedder.commands import search
 from argus_embedder.gateways import index, store
 from argus_embedder.gateways.queue import Job, Queue
+from argus_embedder.services import compactor
 
 MODEL = "argus-bench/vectors-768"
 DIMENSION = 768
@@ -139,10 +140,14 @@ def _reindex(
     vectors: FloatArray,
     queries: FloatArray,
 ) -> KindResult:
-    """Switch the model to `kind` (dropping the old indexes), build, and search again."""
+    """Switch the model to `kind` (dropping the old indexes), build the units as the daemon's
+    indexer and compactor would leave them (ivfflat: one unit, grown by appends), and
+    search again."""
     index.register(connection, MODEL, DIMENSION, kind)
     started = time.perf_counter()
     built = index.build_sealed(connection, MODEL)
+    while compactor.compact_once(connection, MODEL):
+        pass
     build_seconds = time.perf_counter() - started
     recall, latencies = _recall(connection, frame_ids, vectors, queries)
     return KindResult(
