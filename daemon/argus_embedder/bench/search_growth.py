@@ -51,9 +51,9 @@ QUERIES = 200  # timed per checkpoint: enough for a p95 that is not one outlier
 TOP = 10
 # Untimed warm-up passes at each checkpoint, until one is no more than WARM_ENOUGH
 # faster than the one before (at most WARM_UP_PASSES): the timed queries then meet
-# the steady state of a serving database. Measured here: right after the rebuild of
-# a 1M-vector unit a pass of 200 queries ran at p50 29 ms, then 18, 15, 13, 12, 10
-# (memory first touched as shared buffers fill), while a 100k unit is warm after one.
+# the steady state of a serving database. Measured here: passes of 200 queries over
+# a 1M-vector unit ran at p50 29 ms, then 18, 15, 13, 12, 10 as the memory under it
+# warmed, while a 100k unit is warm after one.
 WARM_UP_PASSES = 10
 WARM_ENOUGH = 0.1
 # The kind a growing corpus should use: an ivfflat unit grows in place and a query
