@@ -54,16 +54,36 @@ def placement(database_url: str) -> tuple[set[int], dict[int, int]]:
     return committed, seen
 
 
-def test_segments_merge_in_tiers_and_search_probes_log_many_units(
-    conn: psycopg.Connection[Any],
-) -> None:
-    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=100)
-    ids = add_frames(conn, 1650)  # 16 sealed segments [0, 1600) and an open one
+def compact_sixteen_segments(
+    conn: psycopg.Connection[Any], kind: str
+) -> tuple[list[int], np.ndarray, int]:
+    """16 sealed segments [0, 1600) and an open one, compacted until nothing is left to
+    do; the frame ids, their vectors and how many compactor steps it took."""
+    model = index.register(conn, MODEL, DIMENSION, kind, segment_rows=100)
+    ids = add_frames(conn, 1650)
     vectors = clustered(1650, seed=5)
     write_vectors(conn, model, ids, vectors)
     steps = 0
     while compactor.compact_once(conn, MODEL):
         steps += 1
+    return ids, vectors, steps
+
+
+def recall_at_10(conn: psycopg.Connection[Any], ids: list[int], vectors: np.ndarray) -> float:
+    """search's recall@10 against brute force, over 10 of the vectors as queries."""
+    recalls = []
+    for row in np.random.default_rng(6).integers(0, len(ids), 10):
+        query = vectors[row]
+        exact = {ids[i] for i in np.argsort(-(vectors @ query))[:10]}
+        found = {hit.frame_id for hit in search.search(conn, MODEL, query, limit=10)}
+        recalls.append(len(exact & found) / 10)
+    return float(np.mean(recalls))
+
+
+def test_segments_merge_in_tiers_and_search_probes_log_many_units(
+    conn: psycopg.Connection[Any],
+) -> None:
+    ids, vectors, steps = compact_sixteen_segments(conn, "hnsw")
     # 16 tier-0 units, 4 merges into tier 1, one merge into tier 2.
     assert steps == 16 + 4 + 1
     live = live_units(conn)
@@ -80,26 +100,13 @@ def test_segments_merge_in_tiers_and_search_probes_log_many_units(
     assert index.drop_retired(conn, MODEL, grace_seconds=0) == 20
     assert [u.state for u in index.units(conn, MODEL)] == ["live"]
 
-    rng = np.random.default_rng(6)
-    recalls = []
-    for row in rng.integers(0, 1650, 10):
-        query = vectors[row]
-        exact = {ids[i] for i in np.argsort(-(vectors @ query))[:10]}
-        found = {hit.frame_id for hit in search.search(conn, MODEL, query, limit=10)}
-        recalls.append(len(exact & found) / 10)
-    assert np.mean(recalls) >= 0.95
+    assert recall_at_10(conn, ids, vectors) >= 0.95
 
 
 def test_an_ivfflat_unit_grows_in_place_and_is_rebuilt_at_twice_its_trained_rows(
     conn: psycopg.Connection[Any],
 ) -> None:
-    model = index.register(conn, MODEL, DIMENSION, "ivfflat", segment_rows=100)
-    ids = add_frames(conn, 1650)  # 16 sealed segments [0, 1600) and an open one
-    vectors = clustered(1650, seed=5)
-    write_vectors(conn, model, ids, vectors)
-    steps = 0
-    while compactor.compact_once(conn, MODEL):
-        steps += 1
+    ids, vectors, steps = compact_sixteen_segments(conn, "ivfflat")
     # A tier-0 unit for [0, 100), then 15 appends, rebuilt at 200, 400, 800 and 1600 rows.
     assert steps == 1 + 15 + 4
     live = live_units(conn)
@@ -116,14 +123,7 @@ def test_an_ivfflat_unit_grows_in_place_and_is_rebuilt_at_twice_its_trained_rows
     assert {row["index_name"] for row in segments if row["upper_bound"] <= 1600} == {
         live[0].table_name
     }
-    rng = np.random.default_rng(6)
-    recalls = []
-    for row in rng.integers(0, 1650, 10):
-        query = vectors[row]
-        exact = {ids[i] for i in np.argsort(-(vectors @ query))[:10]}
-        found = {hit.frame_id for hit in search.search(conn, MODEL, query, limit=10)}
-        recalls.append(len(exact & found) / 10)
-    assert np.mean(recalls) >= 0.95
+    assert recall_at_10(conn, ids, vectors) >= 0.95
 
 
 def test_search_reads_its_units_and_their_rows_in_one_snapshot(
