@@ -219,11 +219,21 @@ def append_next(
     (always for other kinds), a unit is being built, or another daemon holds the lock."""
     try:
         with connection.transaction(), connection.cursor(row_factory=class_row(Append)) as cursor:
-            return cursor.execute(
+            grown = cursor.execute(
                 db.queries()["unit_append"], {"model": model, "quiet_seconds": quiet_seconds}
             ).fetchone()
     except psycopg.errors.LockNotAvailable:
         return None  # a straggler's write in flight on the segment: the next pass appends
+    if grown is not None:
+        log.info(
+            "appended %s rows of %s to unit %s, now [%d, %d)",
+            grown.appended,
+            model,
+            grown.table_name,
+            grown.lower_bound,
+            grown.upper_bound,
+        )
+    return grown
 
 
 def build_unit(
@@ -292,13 +302,6 @@ def build_sealed(
         grown = append_next(connection, model, quiet_seconds=quiet_seconds)
         if grown is not None:
             built.append(grown.table_name)
-            log.info(
-                "appended %s rows of %s to its unit, now [%d, %d)",
-                grown.appended,
-                model,
-                grown.lower_bound,
-                grown.upper_bound,
-            )
             continue
         unit_id = next_unit(
             connection, model, fanout=2, tier0_only=True, quiet_seconds=quiet_seconds

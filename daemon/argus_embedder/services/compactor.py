@@ -42,17 +42,8 @@ def compact_once(connection: psycopg.Connection[Any], model: str) -> bool:
     a rebuild of a grown ivfflat unit or in a new index kind) and drop expired retired
     units; True when it did work."""
     dropped = index.drop_retired(connection, model, grace_seconds=GRACE_SECONDS)
-    grown = index.append_next(connection, model)
-    if grown is not None:
-        log.info(
-            "compacted %s: appended %s rows to unit %s, now [%d, %d)",
-            model,
-            grown.appended,
-            grown.table_name,
-            grown.lower_bound,
-            grown.upper_bound,
-        )
-        return True
+    if index.append_next(connection, model) is not None:
+        return True  # logged by append_next
     unit_id = index.next_unit(connection, model, fanout=FANOUT, tier0_only=False)
     if unit_id is None:
         return dropped > 0
