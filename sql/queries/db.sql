@@ -33,3 +33,18 @@ SELECT set_config('idle_in_transaction_session_timeout', %(timeout)s, false);
 
 -- name: ping
 SELECT 1 AS ok;
+
+-- name: embedded_shared_buffers
+-- The embedded server's shared_buffers in MiB: in force, and as configured for its
+-- next start (ALTER SYSTEM); the other client sessions a restart would drop.
+SELECT s.setting::bigint * current_setting('block_size')::bigint / 1048576 AS mb,
+       coalesce((SELECT pg_size_bytes(f.setting) FROM pg_file_settings f
+                 WHERE f.name = 'shared_buffers' ORDER BY f.seqno DESC LIMIT 1),
+                s.setting::bigint * current_setting('block_size')::bigint) / 1048576 AS configured_mb,
+       (SELECT count(*) FROM pg_stat_activity a
+        WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()) AS other_clients
+FROM pg_settings s WHERE s.name = 'shared_buffers';
+
+-- name: embedded_set_shared_buffers
+-- Takes effect at the next start (ALTER SYSTEM takes no parameters: a literal).
+ALTER SYSTEM SET shared_buffers = {size};

