@@ -1,0 +1,12 @@
+-- unit_publish waits for its segments' SHARE locks longer than deadlock_timeout (bug
+-- found measuring issue 18).
+--
+-- Autovacuum holds SHARE UPDATE EXCLUSIVE on a freshly written 100k-row segment for
+-- seconds (here ~10 s each, one segment after another), and PostgreSQL cancels an
+-- autovacuum for a lock waiter only once that waiter has waited deadlock_timeout
+-- (1 s by default). unit_publish gave up after 500 ms, so it never outwaited one:
+-- on a 1M-vector run it failed 16 times in a row while autovacuum walked the unit's
+-- segments, the unit stayed filled, appends stopped behind it, and 600k vectors
+-- were left to the exact scan (search 250 ms a query). unit_append already waits 2 s.
+-- A straggler's write queued behind the publish waits as long at most.
+ALTER FUNCTION argus.unit_publish(bigint) SET lock_timeout = '2s';
