@@ -1,18 +1,22 @@
 """search_p95_growth: how `search`'s latency grows with the corpus (DESIGN §7).
 
-Clustered 768-d unit vectors are written the way the worker writes a batch (segments
-ensured, then store.write: binary COPY plus fenced progress) into a model registered with
-an HNSW index, while the daemon's background index work runs beside the writes on its own
-connection: the indexer's bulk builds of sealed segments and, where the compactor exists,
-its merges (`maintain`). At each checkpoint size the writes pause, that work catches up,
-and `search` (the real query path: the segments' ANN indexes plus the exact scan of what
-they do not cover) answers QUERIES queries, warm. Their p50/p95 latency is timed and
-their top-10 compared with an exact top-10 over everything written so far.
+For each checkpoint size a corpus of clustered 768-d unit vectors (every corpus starts
+with the same vectors) is written into a model of its own the way the worker writes a
+batch (segments ensured, then store.write: binary COPY plus fenced progress), while the
+daemon's background index work runs beside the writes on its own connection: the
+indexer's builds and appends of sealed segments and, where the compactor exists, its
+merges and rebuilds (`maintain`). Once that work has caught up, `search` (the real query
+path: the live units' ANN indexes plus the exact scan of what they do not cover) answers
+the same QUERIES queries over every corpus, alternating corpus by corpus, after untimed
+warm-up passes: their p50/p95 latency is timed and their top-10 compared with an exact
+top-10 over that corpus. Alternating puts both sizes under the same machine: measured one
+after the other, the ratio carried the VM's drift between the two (the same queries over
+one unit ran 9.9, then 12.2, then 15.0 ms p50 minutes apart).
 
-Every checkpoint is a whole number of segments, so the first one fills exactly one: with
-the production segment size (100,000 frame ids) the full run compares 1 segment with 10.
+Every size is a whole number of segments, so the smallest fills exactly one: with the
+production segment size (100,000 frame ids) the full run compares 1 segment with 10.
 Without compaction a query probes every segment's index, so p95 grows with the segment
-count; with tiered compaction it should grow with the logarithm of the corpus.
+count; with units that grow in place (ivfflat) it should stay flat.
 
 `python -m argus_embedder.bench.search_growth --sizes 4000,40000,200000 --segment-rows 4000`
 prints the same measurements at any checkpoints (the 1/10/50-segment table in
@@ -68,16 +72,18 @@ CompactOnce = Callable[[psycopg.Connection[Any], str], bool]
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    """Search over the first `vectors` vectors, once the background work caught up."""
+    """Search over a corpus of `vectors` vectors, once the background work caught up."""
 
     vectors: int
     segments: int  # segments holding the model's vectors (fewer once merged)
     segments_indexed: int
     recall_at_10: float
-    search_ms_p50: float
+    search_ms_p50: float  # the queries alternating with the other corpora's: the figure's
     search_ms_p95: float
+    alone_ms_p50: float  # the same queries again, back to back over this corpus alone
+    alone_ms_p95: float
     warm_up_ms_p50: list[float]  # each untimed pass's p50, the first one cold
-    write_seconds: float  # writing the vectors since the last checkpoint
+    write_seconds: float  # writing the corpus
     catch_up_seconds: float  # the background work still to do once the writes stopped
 
 
@@ -146,8 +152,9 @@ def run(
     queries: int = QUERIES,
     seed: int = 1768,
 ) -> Result:
-    """Write up to each of `sizes` vectors (ascending, each a multiple of `segment_rows`)
-    with the background work running, and measure search at each."""
+    """Write a corpus of each of `sizes` vectors (ascending, each a multiple of
+    `segment_rows`; every corpus starts with the same vectors) with the background work
+    running, then measure search over all of them, alternating query by query."""
     if not sizes or list(sizes) != sorted(set(sizes)) or any(s % segment_rows for s in sizes):
         raise dataset.BenchError(
             f"sizes {list(sizes)} must ascend and each be a multiple of {segment_rows}"
@@ -158,36 +165,84 @@ def run(
     centres = _unit(rng.standard_normal((clusters, DIMENSION), dtype=np.float32))
     asked = _draw(centres, queries, rng)
     warm_up = _draw(centres, queries, rng)  # drawn apart from the timed ones, as many
-    truth = _Truth(asked)
+    stream = int(rng.integers(2**32))  # seeds the vectors every corpus is written from
     done = Maintenance(compaction=compactor() is not None)
-    checkpoints = []
     with db.connect(url, autocommit=True) as connection:
-        model = index.register(connection, MODEL, DIMENSION, kind, segment_rows=segment_rows)
-        job, frame_ids = _job_with_frames(connection, sizes[-1], segment_rows)
-        segments = index.Segments(model)
-        written = 0
-        for size in sizes:
-            with _background(url, done) as write_started:
-                while written < size:
-                    count = min(CHUNK, size - written)
-                    vectors = _draw(centres, count, rng)
-                    ids = frame_ids[written : written + count]
-                    vector_writes.write(connection, segments, job, ids, vectors)
-                    truth.add(ids, vectors)
-                    written += count
-                write_seconds = time.perf_counter() - write_started
-            started = time.perf_counter()
-            while maintain(connection, MODEL, done, threading.Event()):
-                pass
-            catch_up = time.perf_counter() - started
-            checkpoints.append(
-                _measure(connection, size, warm_up, asked, truth, write_seconds, catch_up)
+        corpora = [
+            _write_corpus(
+                connection,
+                url,
+                _Corpus(model_name(size, sizes), size, _Truth(asked)),
+                segment_rows=segment_rows,
+                kind=kind,
+                vectors=_Stream(centres, stream),
+                done=done,
             )
+            for size in sizes
+        ]
+        checkpoints = _measure(connection, corpora, warm_up, asked)
     return Result(kind, segment_rows, clusters, queries, checkpoints, done)
 
 
+def model_name(size: int, sizes: Sequence[int]) -> str:
+    """The largest corpus is MODEL's; each smaller one is a model of its own."""
+    return MODEL if size == sizes[-1] else f"{MODEL}@{size}"
+
+
+@dataclasses.dataclass
+class _Corpus:
+    """One checkpoint's vectors, written into a model of their own."""
+
+    model: str
+    size: int
+    truth: _Truth
+    write_seconds: float = 0.0
+    catch_up_seconds: float = 0.0
+
+
+class _Stream:
+    """The vectors every corpus is written from, drawn in CHUNKs from one seed: the
+    first N of a larger corpus are a smaller corpus's N."""
+
+    def __init__(self, centres: FloatArray, seed: int) -> None:
+        self._centres = centres
+        self._rng = np.random.default_rng(seed)
+
+    def next(self, count: int) -> FloatArray:
+        return _draw(self._centres, count, self._rng)
+
+
+def _write_corpus(
+    connection: psycopg.Connection[Any],
+    url: str,
+    corpus: _Corpus,
+    *,
+    segment_rows: int,
+    kind: str,
+    vectors: _Stream,
+    done: Maintenance,
+) -> _Corpus:
+    """Write `corpus` through the worker's write path with the background work beside
+    the writes, then let that work catch up (every sealed segment in a unit)."""
+    model = index.register(connection, corpus.model, DIMENSION, kind, segment_rows=segment_rows)
+    job, frame_ids = _job_with_frames(connection, corpus, segment_rows)
+    segments = index.Segments(model)
+    with _background(url, corpus.model, done) as write_started:
+        for start in range(0, corpus.size, CHUNK):
+            chunk = vectors.next(min(CHUNK, corpus.size - start))
+            ids = frame_ids[start : start + len(chunk)]
+            vector_writes.write(connection, segments, job, ids, chunk)
+            corpus.truth.add(ids, chunk)
+        corpus.write_seconds = time.perf_counter() - write_started
+    started = time.perf_counter()
+    while maintain(connection, corpus.model, done, threading.Event()):
+        pass
+    corpus.catch_up_seconds = time.perf_counter() - started
+    return corpus
+
+
 @contextlib.contextmanager
-def _background(url: str, done: Maintenance) -> Iterator[float]:
+def _background(url: str, model: str, done: Maintenance) -> Iterator[float]:
     """`maintain` on its own connection in a thread, as the daemon's services run it,
     until the block ends (then it finishes its round: joined, never left behind).
     Yields the time the block started."""
@@ -198,7 +253,7 @@ def _background(url: str, done: Maintenance) -> Iterator[float]:
         try:
             with db.connect(url, autocommit=True) as connection:
                 while not stop.is_set():
-                    if not maintain(connection, MODEL, done, stop):
+                    if not maintain(connection, model, done, stop):
                         stop.wait(0.5)
         except BaseException as error:  # re-raised in the bench's thread below
             failure.append(error)
@@ -216,41 +271,70 @@ def _background(url: str, done: Maintenance) -> Iterator[float]:
 
 def _measure(
     connection: psycopg.Connection[Any],
-    size: int,
+    corpora: Sequence[_Corpus],
     warm_up: FloatArray,
     asked: FloatArray,
-    truth: _Truth,
-    write_seconds: float,
-    catch_up_seconds: float,
-) -> Checkpoint:
-    passes: list[float] = []
-    while len(passes) < WARM_UP_PASSES:
-        timings = []
-        for query in warm_up:
-            started = time.perf_counter()
-            search.search(connection, MODEL, query, limit=TOP)
-            timings.append(time.perf_counter() - started)
-        passes.append(statistics.median(timings) * 1000)
-        if len(passes) > 1 and passes[-1] >= (1 - WARM_ENOUGH) * passes[-2]:
+) -> list[Checkpoint]:
+    """Time the same queries over every corpus, alternating corpus by corpus within each
+    query (the starting corpus rotating), so a machine whose speed drifts during the
+    run (measured here: the same 200 queries 9.9, then 12.2, then 15.0 ms p50 minutes
+    apart) slows every size alike and the ratio between sizes holds."""
+    passes: list[list[float]] = [[] for _ in corpora]
+    while len(passes[0]) < WARM_UP_PASSES:
+        for corpus_passes, (timings, _) in zip(
+            passes, _alternate(connection, corpora, warm_up), strict=True
+        ):
+            corpus_passes.append(statistics.median(timings) * 1000)
+        if len(passes[0]) > 1 and all(p[-1] >= (1 - WARM_ENOUGH) * p[-2] for p in passes):
             break
-    recalls, latencies = [], []
-    for query, expected in zip(asked, truth.ids(), strict=True):
-        started = time.perf_counter()
-        hits = search.search(connection, MODEL, query, limit=TOP)
-        latencies.append(time.perf_counter() - started)
-        recalls.append(len({hit.frame_id for hit in hits} & set(expected.tolist())) / TOP)
-    report = connection.execute(db.queries()["segment_report"], {"model": MODEL}).fetchall()
-    return Checkpoint(
-        vectors=size,
-        segments=len(report),
-        segments_indexed=sum(1 for row in report if row["index_name"] is not None),
-        recall_at_10=float(np.mean(recalls)),
-        search_ms_p50=statistics.median(latencies) * 1000,
-        search_ms_p95=float(np.percentile(latencies, 95)) * 1000,
-        warm_up_ms_p50=passes,
-        write_seconds=write_seconds,
-        catch_up_seconds=catch_up_seconds,
-    )
+    timed = _alternate(connection, corpora, asked)
+    # Back to back, a small corpus also keeps its pages in the CPU's caches between
+    # queries; reported beside the figure, not in it.
+    alone = [_alternate(connection, [corpus], asked)[0][0] for corpus in corpora]
+    checkpoints = []
+    for corpus, corpus_passes, (latencies, hits), by_itself in zip(
+        corpora, passes, timed, alone, strict=True
+    ):
+        expected = corpus.truth.ids()
+        recalls = [
+            len(set(found) & set(truth.tolist())) / TOP
+            for found, truth in zip(hits, expected, strict=True)
+        ]
+        report = connection.execute(
+            db.queries()["segment_report"], {"model": corpus.model}
+        ).fetchall()
+        checkpoints.append(
+            Checkpoint(
+                vectors=corpus.size,
+                segments=len(report),
+                segments_indexed=sum(1 for row in report if row["index_name"] is not None),
+                recall_at_10=float(np.mean(recalls)),
+                search_ms_p50=statistics.median(latencies) * 1000,
+                search_ms_p95=float(np.percentile(latencies, 95)) * 1000,
+                alone_ms_p50=statistics.median(by_itself) * 1000,
+                alone_ms_p95=float(np.percentile(by_itself, 95)) * 1000,
+                warm_up_ms_p50=corpus_passes,
+                write_seconds=corpus.write_seconds,
+                catch_up_seconds=corpus.catch_up_seconds,
+            )
+        )
+    return checkpoints
+
+
+def _alternate(
+    connection: psycopg.Connection[Any], corpora: Sequence[_Corpus], queries: FloatArray
+) -> list[tuple[list[float], list[list[int]]]]:
+    """Each query over every corpus in turn, starting one corpus later for each query;
+    per corpus, each query's seconds and the frame ids it found."""
+    found: list[tuple[list[float], list[list[int]]]] = [([], []) for _ in corpora]
+    for number, query in enumerate(queries):
+        for turn in range(len(corpora)):
+            which = (number + turn) % len(corpora)
+            started = time.perf_counter()
+            hits = search.search(connection, corpora[which].model, query, limit=TOP)
+            found[which][0].append(time.perf_counter() - started)
+            found[which][1].append([hit.frame_id for hit in hits])
+    return found
 
 
 class _Truth:
@@ -289,22 +373,24 @@ def _unit(rows: FloatArray) -> FloatArray:
 
 
 def _job_with_frames(
-    connection: psycopg.Connection[Any], count: int, segment_rows: int
+    connection: psycopg.Connection[Any], corpus: _Corpus, segment_rows: int
 ) -> tuple[Job, list[int]]:
-    """A running job (so writes are fenced, as the daemon's are) over `count` frame rows
-    whose ids start a segment: a segment seals only once every frame in its id range has
-    a row, so one shared with other scenarios' frames would never seal."""
-    video_id = "search-growth"
+    """A running job of the corpus's model (so writes are fenced, as the daemon's are)
+    over `corpus.size` frame rows whose ids start a segment: a segment seals only once
+    every frame in its id range has a row, so one shared with other frames would never
+    seal."""
+    video_id = f"search-growth-{corpus.size}"
     uri = f"s3://{dataset.BUCKET}/unused.jpg"  # these frames are never downloaded
     connection.execute(db.queries()["bench_align_frame_ids"], {"rows": segment_rows})
-    dataset.add_videos(connection, {video_id: [uri] * count}, model=MODEL)
+    dataset.add_videos(connection, {video_id: [uri] * corpus.size}, model=corpus.model)
     # A long lease: the bulk builds and the searches between the writes must not expire it.
-    claimed = Queue(model=MODEL, worker_id="argus-bench", lease_seconds=3600).claim(connection)
+    queue = Queue(model=corpus.model, worker_id="argus-bench", lease_seconds=3600)
+    claimed = queue.claim(connection)
     if len(claimed) != 1:
         raise dataset.BenchError(f"expected to claim the growth job, got {len(claimed)}")
     rows = connection.execute(db.queries()["bench_frame_ids"], {"video_id": video_id})
     frame_ids = [int(row["id"]) for row in rows]
-    if frame_ids[0] % segment_rows or frame_ids[-1] - frame_ids[0] != count - 1:
+    if frame_ids[0] % segment_rows or frame_ids[-1] - frame_ids[0] != corpus.size - 1:
         raise dataset.BenchError("the growth frames do not fill whole segments in order")
     return claimed[0], frame_ids
 

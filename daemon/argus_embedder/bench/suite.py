@@ -88,16 +88,12 @@ class Plan:
     growth_vectors: tuple[int, int]  # search_p95_growth: 1x and 10x; 1x fills one segment
 
 
-# DESIGN §7 asks the full run for 100k and 1M vectors. With an ivfflat model
-# (search_growth.KIND) that step took 5.5-7 minutes here (writes with the appends and
-# rebuilds beside them, then a 206 s catch-up), and two whole full runs 12 min 4 s and
-# 14 min 54 s on the same code as the machine's speed varied: too close to the 15-minute
-# budget. The full run measures a 10x pair half that size, and reports both pairs;
-# `python -m argus_embedder.bench.search_growth --sizes 100000,1000000 --segment-rows
-# 100000` measures DESIGN's. (hnsw's bulk builds, 0.9k-3.2k rows/s, would take 5-18
-# minutes for 1M vectors alone.)
+# DESIGN §7's sizes for the full run. The 1M corpus takes ~4 minutes here (1.1M
+# vectors written with the appends and rebuilds beside them, ~2 minutes of catch-up);
+# last session's 12-15 minute full runs with it were slowed by unit publishes that
+# autovacuum starved (migration 0010). (hnsw's bulk builds, 0.9k-3.2k rows/s, would take
+# 5-18 minutes for 1M vectors alone: search_growth.KIND is ivfflat.)
 GROWTH_DESIGN = (100_000, 1_000_000)
-GROWTH_FULL = (50_000, 500_000)
 
 FULL = Plan(
     name="full",
@@ -118,7 +114,7 @@ FULL = Plan(
     rss_job_frames=500,
     vectors=100_000,
     other_index_kinds=("ivfflat", "none"),
-    growth_vectors=GROWTH_FULL,
+    growth_vectors=GROWTH_DESIGN,
 )
 QUICK = Plan(
     name="quick",
@@ -805,9 +801,11 @@ def _growth_details(growth: dict[str, Any]) -> list[str]:
         )
     lines += [
         f"  {point['vectors']:,} vectors in {point['segments']} segment(s): search "
-        f"{point['search_ms_p50']:.1f} ms p50 / {point['search_ms_p95']:.1f} ms p95, "
-        f"recall@10 {point['recall_at_10']:.3f} (after {len(point['warm_up_ms_p50'])} "
-        f"untimed passes, p50 {' → '.join(f'{ms:.1f}' for ms in point['warm_up_ms_p50'])} ms)"
+        f"{point['search_ms_p50']:.1f} ms p50 / {point['search_ms_p95']:.1f} ms p95 alternating "
+        f"with the other size ({point['alone_ms_p50']:.1f} / {point['alone_ms_p95']:.1f} ms "
+        f"alone), recall@10 {point['recall_at_10']:.3f} (after "
+        f"{len(point['warm_up_ms_p50'])} untimed passes, p50 "
+        f"{' → '.join(f'{ms:.1f}' for ms in point['warm_up_ms_p50'])} ms)"
         for point in growth["checkpoints"]
     ]
     return lines
