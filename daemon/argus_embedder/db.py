@@ -90,24 +90,28 @@ def latest_version() -> int:
 
 def resolve_url(settings: Settings, *, quiet: bool = False) -> str:
     """The URL to use: ARGUS_DATABASE_URL, a systemd credential, or the embedded server."""
-    if settings.database_url:
-        return settings.database_url
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / "database-url").is_file():
-        return (Path(credentials) / "database-url").read_text(encoding="utf-8").strip()
-    return embedded_url(quiet=quiet)
+    return settings.database_url or _credential("database-url") or embedded_url(quiet=quiet)
 
 
 def resolve_read_url(settings: Settings, *, quiet: bool = False) -> str:
     """The URL that search, serve and status read from: ARGUS_READ_DATABASE_URL, its
     systemd credential, else resolve_url's. With a read URL, nothing here touches the
     primary (no credential, no embedded server), so reads survive the primary's outage."""
-    if settings.read_database_url:
-        return settings.read_database_url
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / "read-database-url").is_file():
-        return (Path(credentials) / "read-database-url").read_text(encoding="utf-8").strip()
-    return resolve_url(settings, quiet=quiet)
+    return (
+        settings.read_database_url
+        or _credential("read-database-url")
+        or resolve_url(settings, quiet=quiet)
+    )
+
+
+def _credential(name: str) -> str | None:
+    """systemd's credential `name` ($CREDENTIALS_DIRECTORY/name); None when absent or
+    empty (a unit's `SetCredential=name:` fallback when its file does not exist)."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = Path(directory, name) if directory else None
+    if path is None or not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").strip() or None
 
 
 def embedded_data_dir() -> Path:
