@@ -793,12 +793,6 @@ def _growth_details(growth: dict[str, Any]) -> list[str]:
         f"{growth['kind']} units: {maintenance['segments_built']} segment builds or appends by "
         f"the indexer, {maintenance['merges']} compactor steps, in {maintenance['seconds']:.0f} s"
     ]
-    if growth["vectors"] != growth["design_vectors"]:
-        small, large = growth["design_vectors"]
-        lines.append(
-            f"  measured over {growth['vectors'][0]:,} and {growth['vectors'][1]:,} vectors, "
-            f"not DESIGN's {small:,} and {large:,}: indexing those does not fit this run"
-        )
     lines += [
         f"  {point['vectors']:,} vectors in {point['segments']} segment(s): search "
         f"{point['search_ms_p50']:.1f} ms p50 / {point['search_ms_p95']:.1f} ms p95 alternating "
