@@ -148,8 +148,29 @@ def embedded_shared_buffers_mb() -> int:
     system costs more than a buffer hit: measured here over a prewarmed 1M unit, p95
     7.6 ms with shared_buffers holding it against 11.6 ms at 128 MiB.
     """
-    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    return max(128, min(8192, memory_mb // 4))
+    return max(128, min(8192, _memory_bytes() // 2**20 // 4))
+
+
+# Where a container's memory limit shows (cgroup v2, then v1); "max" or a huge number
+# where there is none.
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+
+
+def _memory_bytes() -> int:
+    """The memory this process may use: the machine's, or its container's limit where that
+    is lower (the machine's figure would size a 2 GB container's server for the host)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            limit = path.read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            memory = min(memory, int(limit))
+    return memory
 
 
 def _size_shared_buffers(url: str, data_dir: Path, system_user: str | None) -> None:

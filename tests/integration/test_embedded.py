@@ -60,3 +60,16 @@ def test_a_server_with_clients_is_not_restarted_but_sized_for_its_next_start(
     assert pending == (f"{wanted}MB",)
     # Once the client is gone, the next process to join applies it.
     assert _settings(db.embedded_url(data_dir, quiet=True))["mb"] == wanted
+
+
+def test_a_containers_memory_limit_sizes_the_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unlimited = tmp_path / "memory.max"
+    unlimited.write_text("max\n")
+    monkeypatch.setattr(db, "CGROUP_MEMORY_LIMITS", (unlimited,))
+    machine = db.embedded_shared_buffers_mb()
+    limited = tmp_path / "memory.limit_in_bytes"
+    limited.write_text(f"{2 * 2**30}\n")  # a 2 GiB container
+    monkeypatch.setattr(db, "CGROUP_MEMORY_LIMITS", (unlimited, limited))
+    assert db.embedded_shared_buffers_mb() == min(machine, 512)
