@@ -160,10 +160,19 @@ def test_status_watch_refreshes_until_ctrl_c(
         while json.loads(child.stdout.readline())["jobs"]["queued"] != 0:
             assert time.monotonic() < deadline
         child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=30)
+        try:
+            _, err = child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, err = child.communicate()
+            pytest.fail(
+                f"status --watch outlived SIGINT by 30 s, {out.count(chr(10))} refreshes "
+                f"after it; stderr: {err[-2000:]!r}"
+            )
     finally:
         if child.poll() is None:
             child.kill()
+            child.communicate()  # reaped here, not by a later test's garbage collection
     assert child.returncode == 0, err
     assert "Traceback" not in err
 
