@@ -134,22 +134,28 @@ def test_status_watch_refreshes_until_ctrl_c(
     conn: psycopg.Connection[Any], database_url: str
 ) -> None:
     support.add_video(conn, "v", ["x"])
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "argus_embedder",
-            "status",
-            "--watch",
-            "--interval",
-            "0.2",
-            "--json",
-        ],
-        env={**os.environ, "ARGUS_DATABASE_URL": database_url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # A shell's background job (`cmd &`, as CI may run the suite) ignores SIGINT, and a
+    # child inherits an ignored signal: give it SIGINT's default, as a terminal would.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "argus_embedder",
+                "status",
+                "--watch",
+                "--interval",
+                "0.2",
+                "--json",
+            ],
+            env={**os.environ, "ARGUS_DATABASE_URL": database_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     try:
         assert child.stdout is not None
         first = json.loads(child.stdout.readline())  # one JSON object per refresh
