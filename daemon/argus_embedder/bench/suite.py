@@ -89,10 +89,11 @@ class Plan:
 
 
 # DESIGN §7's sizes for the full run. The 1M corpus takes ~4 minutes here (1.1M
-# vectors written with the appends and rebuilds beside them, ~2 minutes of catch-up);
-# last session's 12-15 minute full runs with it were slowed by unit publishes that
-# autovacuum starved (migration 0010). (hnsw's bulk builds, 0.9k-3.2k rows/s, would take
-# 5-18 minutes for 1M vectors alone: search_growth.KIND is ivfflat.)
+# vectors written with the appends and rebuilds beside them, ~2 minutes of catch-up):
+# the whole full run took 8 minutes. Earlier full runs with it took 12-15 minutes, on a
+# slower hour and likely with unit publishes that autovacuum starved (migration 0010).
+# (hnsw's bulk builds, 0.9k-3.2k rows/s, would take 5-18 minutes for 1M vectors alone:
+# search_growth.KIND is ivfflat.)
 GROWTH_DESIGN = (100_000, 1_000_000)
 
 FULL = Plan(
