@@ -32,29 +32,31 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_schema  name;
-    v_table   text;
-    v_index   regclass;
+    v_table   regclass;
+    v_indexes regclass[];
+    v_bytes   bigint;
     v_pool    bigint;
+    v_index   regclass;
     v_blocks  bigint := 0;
     v_loaded  bigint;
 BEGIN
     SELECT n.nspname INTO v_schema
     FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace
     WHERE x.extname = 'pg_prewarm';
-    SELECT u.table_name INTO v_table FROM argus.search_units u WHERE u.id = p_unit;
-    IF v_schema IS NULL OR v_table IS NULL OR to_regclass(format('argus.%I', v_table)) IS NULL THEN
+    SELECT to_regclass(format('argus.%I', u.table_name)) INTO v_table
+    FROM argus.search_units u WHERE u.id = p_unit;
+    IF v_schema IS NULL OR v_table IS NULL THEN
         RETURN 0;
     END IF;
+    SELECT array_agg(i.indexrelid::regclass), sum(pg_relation_size(i.indexrelid))
+    INTO v_indexes, v_bytes
+    FROM pg_index i WHERE i.indrelid = v_table AND NOT i.indisprimary;
     SELECT s.setting::bigint * current_setting('block_size')::bigint INTO v_pool
     FROM pg_settings s WHERE s.name = 'shared_buffers';
-    IF (SELECT sum(pg_relation_size(i.indexrelid)) FROM pg_index i
-        WHERE i.indrelid = format('argus.%I', v_table)::regclass AND NOT i.indisprimary)
-       > v_pool / 2 THEN
+    IF v_bytes > v_pool / 2 THEN
         RETURN 0;
     END IF;
-    FOR v_index IN SELECT i.indexrelid::regclass FROM pg_index i
-                   WHERE i.indrelid = format('argus.%I', v_table)::regclass
-                     AND NOT i.indisprimary LOOP
+    FOREACH v_index IN ARRAY coalesce(v_indexes, '{}') LOOP
         EXECUTE format('SELECT %I.pg_prewarm($1)', v_schema) INTO STRICT v_loaded USING v_index;
         v_blocks := v_blocks + v_loaded;
     END LOOP;
