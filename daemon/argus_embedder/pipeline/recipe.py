@@ -46,7 +46,7 @@ class Recipe:
     size: tuple[int, int] = (0, 0)  # fixed family: (height, width)
     patch_size: int = 0  # NaFlex family
     max_num_patches: int = 0  # NaFlex family
-    draft: bool = True  # JPEG reduced-scale decoding (see images.DRAFT_FACTOR)
+    draft: bool = True  # JPEG decoding at the DCT floor (see images._draft)
 
     @property
     def id(self) -> str:
@@ -64,7 +64,7 @@ class Recipe:
             digest = hashlib.sha256(repr((self.rescale_factor, self.mean, self.std)).encode())
             parts.append(f"norm{digest.hexdigest()[:6]}")
         if self.draft:
-            parts.append(f"draft{images.DRAFT_FACTOR}")
+            parts.append("floor")
         parts.append(RECIPE_VERSION)
         return "-".join(parts)
 
