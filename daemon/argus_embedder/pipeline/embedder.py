@@ -236,6 +236,14 @@ def load_embedder(model: str, device: str = "auto", batch_size: int | None = Non
     )
 
 
+def load_recipe(model: str) -> Recipe:
+    """The image recipe of `model` alone (no weights): what its frames' pixels go through."""
+    config = _load_config(model)
+    recipe = _load_recipe(model, _family(config, model))
+    _check_recipe_fits(model, recipe, _vision_config(config))
+    return recipe
+
+
 def load_text_encoder(model: str, device: str = "auto") -> TextEncoder:
     """Load the text tower and tokenizer of `model` (hub id or directory) onto `device`."""
     torch_device = resolve_device(device)
