@@ -132,6 +132,16 @@ def prepare_naflex(
     return patchify(pixels, patch_size, max_num_patches)
 
 
+def gpu_decodable(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> int | None:
+    """The EXIF orientation of a JPEG that a batched GPU decode can take, or None for
+    bytes to decode on CPU (other formats, CMYK). Reads the header only; raises
+    errors.FrameError for what is not a sane image, as `decode` would."""
+    image = _open(data, max_pixels)
+    if image.format not in ("JPEG", "MPO") or image.mode not in ("RGB", "L"):
+        return None
+    return _orientation(image)
+
+
 def preprocess_fixed(image: Image.Image, size: int | tuple[int, int], resample: int) -> UInt8Array:
     """Resize an RGB image to `size` (an int for square, or (height, width)); uint8 HWC.
 
