@@ -20,10 +20,12 @@ tests check the batching, fallback and parity on a machine without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -139,13 +141,16 @@ class GpuDecoder:
         """Decode the batch in one call; if the decoder refuses it, frame by frame."""
         tensors = self._host_tensors(items)
         try:
-            return list(self._io.decode_jpeg(tensors, mode=self._rgb, device=self._device))
+            with _quiet_torchvision():
+                return list(self._io.decode_jpeg(tensors, mode=self._rgb, device=self._device))
         except Exception as error:
             log.debug("batched JPEG decode refused (%s); decoding frame by frame", error)
         decoded: list[torch.Tensor | None] = []
         for tensor in tensors:
             try:
-                decoded.append(self._io.decode_jpeg(tensor, mode=self._rgb, device=self._device))
+                with _quiet_torchvision():
+                    image = self._io.decode_jpeg(tensor, mode=self._rgb, device=self._device)
+                decoded.append(image)
             except Exception:
                 decoded.append(None)
         return decoded
@@ -189,6 +194,16 @@ class GpuDecoder:
             return self._recipe.prepare_on_cpu(item.data)
         except Exception as error:  # a FrameError becomes the frame's error row
             return error
+
+
+@contextlib.contextmanager
+def _quiet_torchvision() -> Iterator[None]:
+    """torchvision 0.29 deprecates its image decoders (for TorchCodec) with a warning on
+    every call; operators see our messages, not that one. Only the inference thread calls
+    this, so the process-wide filter change cannot race another decode."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        yield
 
 
 def _oriented(image: torch.Tensor, orientation: int) -> torch.Tensor:

@@ -184,7 +184,7 @@ class Embedder:
             [
                 item.pixels.to(self._torch_device)
                 if isinstance(item, decoding.DevicePixels)
-                else torch.from_numpy(item.pixels).to(self._torch_device)
+                else torch.tensor(item.pixels, device=self._torch_device)
                 for item in chunk
             ]
         )
