@@ -137,3 +137,13 @@ def test_a_batch_with_a_refused_frame_loses_nothing(tiny_siglip_dir: Path) -> No
     assert sorted(rows) == [10, 11, 12, 13]
     assert "truncated" in str(rows[11].error), rows[11].error
     assert all(rows[frame].vector is not None for frame in (10, 12, 13))
+
+
+def test_embed_decodes_frames_left_encoded(tiny_siglip_dir: Path) -> None:
+    # search --image and the bench's forward-only run call embed(prepare(data)) directly.
+    data = encode(textured(640, 360, seed=4), "JPEG", quality=90)
+    model = gpu_decoding(tiny_siglip_dir)
+    direct = model.embed([model.prepare(data)])
+    np.testing.assert_allclose(direct, embed(model, [data]), atol=1e-6)
+    with pytest.raises(errors.FrameError, match="truncated"):
+        model.embed([model.prepare(data[: len(data) // 2])])

@@ -26,7 +26,7 @@ from PIL import Image
 
 from argus_embedder import errors
 from argus_embedder.pipeline import decoding
-from argus_embedder.pipeline.recipe import Family, PreparedImage, Recipe
+from argus_embedder.pipeline.recipe import EncodedImage, Family, PreparedImage, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class Embedder:
         Runs in chunks of `batch_size`; on CUDA out-of-memory the chunk is halved and retried,
         so no frame is dropped, and `batch_size` stays at the size that fit.
         """
+        images = self._decoded(images)
         vectors: list[FloatArray] = []
         start = 0
         while start < len(images):
@@ -114,6 +115,17 @@ class Embedder:
         if not vectors:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.concatenate(vectors)
+
+    def _decoded(self, images: Sequence[Any]) -> Sequence[Any]:
+        """Frames still encoded (a caller that skipped `finish_decoding`, such as `search
+        --image`) are decoded now; a frame that cannot be raises its FrameError."""
+        if not any(isinstance(item, EncodedImage) for item in images):
+            return images
+        finished = self.finish_decoding(images)
+        for item in finished:
+            if isinstance(item, Exception):
+                raise item
+        return finished
 
     def warm_up(self) -> None:
         """One forward pass on a dummy batch: allocates kernels and memory before real work."""
