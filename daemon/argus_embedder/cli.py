@@ -205,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("bench", "the DESIGN §7 benchmarks: a table of figures, or --json")
     sub.add_argument("--quick", action="store_true", help="smaller scenarios (under a minute)")
     sub.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    sub.add_argument(
+        "--only",
+        metavar="NAME[,NAME]",
+        help="run only these scenarios (claims, vectors, decode_speed, tiny_pipeline, "
+        "fairness, index_kinds, rss, model_only, search_growth); other figures are null",
+    )
     return parser
 
 

@@ -13,6 +13,7 @@ from argus_embedder import errors
 
 DEFAULT_MODEL = "google/siglip2-base-patch16-224"
 DEVICES = ("auto", "cpu", "cuda")
+DECODES = ("auto", "cpu", "gpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,12 @@ VARIABLES: tuple[Variable, ...] = (
         "fetch+decode processes; 0: threads in the daemon; unset: one per core, at most 16",
     ),
     Variable(
+        "ARGUS_DECODE",
+        "decode",
+        "auto",
+        "auto | cpu | gpu: JPEG decode on the GPU (CUDA device and torchvision) or CPU",
+    ),
+    Variable(
         "ARGUS_READ_DATABASE_URL",
         "read_database_url",
         None,
@@ -79,6 +86,7 @@ class Settings:
     reconcile_interval: float = 300.0
     decode_processes: int | None = None  # None: automatic (preparing.processes)
     read_database_url: str | None = None  # None: reads go to database_url
+    decode: str = "auto"  # auto | cpu | gpu (pipeline.decoding chooses at start-up)
 
     def __repr__(self) -> str:  # never print the database password
         fields = dataclasses.asdict(self)
@@ -144,6 +152,9 @@ def _validate(raw: Mapping[str, str | None]) -> Settings:
         raise errors.ConfigError(
             f"ARGUS_S3_ENDPOINT_URL={endpoint!r} must start with http:// or https://"
         )
+    decode = raw["decode"] or "auto"
+    if decode not in DECODES:
+        raise errors.ConfigError(f"ARGUS_DECODE={decode!r} is not one of auto, cpu, gpu")
     url = _database_url(raw, "ARGUS_DATABASE_URL", "database_url")
     return Settings(
         database_url=url,
@@ -164,6 +175,7 @@ def _validate(raw: Mapping[str, str | None]) -> Settings:
             raw, "ARGUS_DECODE_PROCESSES", "decode_processes", minimum=0, maximum=256, optional=True
         ),
         read_database_url=_database_url(raw, "ARGUS_READ_DATABASE_URL", "read_database_url"),
+        decode=decode,
     )
 
 

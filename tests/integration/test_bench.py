@@ -37,6 +37,8 @@ DESIGN_KEYS = {
     "search_recall_at_10",
     "fair_start_wait_ratio",
     "search_p95_growth",
+    "decode_speedup_over_stock",
+    "gpu_e2e_frames_per_second",
 }
 
 
@@ -66,6 +68,8 @@ def test_quick_bench_reports_every_design_figure(postgres_server: PostgresServer
     figures = report["figures"]
     assert set(figures) == DESIGN_KEYS == set(suite.GOALS)
     for key, value in figures.items():
+        if value is None and key == "gpu_e2e_frames_per_second":
+            continue  # ARGUS_DEVICE=cpu: no CUDA device, so no figure (DESIGN §7)
         if value is None:
             assert key == "claims_over_peer", f"{key} is null"
             reason = report["context"]["peer"]["reason"]

@@ -148,8 +148,12 @@ def reference_vectors(reference: tuple[Any, Any], data: list[bytes]) -> np.ndarr
 def test_vectors_match_the_reference_pipeline(
     loaded: embedder.Embedder, reference: tuple[Any, Any], samples: dict[str, bytes]
 ) -> None:
+    # Full decodes: decoding at the DCT floor has its own parity test over video-like
+    # frames (test_decode_parity.py); this one's white-noise textures (sigma 30 per pixel)
+    # are where a reduced decode differs most, down to cosine 0.996 on the tiny models.
+    exact = dataclasses.replace(loaded.recipe, draft=False)
     names = list(samples)
-    ours = loaded.embed([loaded.prepare(samples[name]) for name in names])
+    ours = loaded.embed([exact.prepare(samples[name]) for name in names])
     expected = reference_vectors(reference, [samples[name] for name in names])
     cosines = dict(zip(names, (ours * expected).sum(axis=1).tolist(), strict=True))
     assert min(cosines.values()) >= MIN_COSINE, cosines
@@ -211,9 +215,9 @@ def test_dimension_and_recipe_come_from_the_checkpoint(
     assert loaded.batch_size == embedder.CPU_BATCH_SIZE
     assert loaded.model == str(checkpoint)
     if config["model_type"] == "siglip":
-        assert loaded.preprocessing == "siglip-fixed-64-bilinear-draft3-v1"
+        assert loaded.preprocessing == "siglip-fixed-64-bilinear-floor-v1"
     else:
-        assert loaded.preprocessing == "siglip2-naflex-p16-n256-bilinear-draft3-v1"
+        assert loaded.preprocessing == "siglip2-naflex-p16-n256-bilinear-floor-v1"
 
 
 def test_batches_split_and_empty(loaded: embedder.Embedder, samples: dict[str, bytes]) -> None:

@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from argus_embedder import db
+from argus_embedder import db, errors
 from argus_embedder.bench import (
     cpu_meter,
     dataset,
+    decode_speed,
     fairness,
     first_draft,
     peer_queue,
@@ -57,7 +58,22 @@ GOALS: dict[str, tuple[str, float]] = {
     "search_recall_at_10": (">=", 0.95),
     "fair_start_wait_ratio": ("<=", 2.0),
     "search_p95_growth": ("<=", 1.5),
+    "decode_speedup_over_stock": (">=", 2.0),
+    "gpu_e2e_frames_per_second": (">=", 5_000.0),  # on an H100/H200; null with no GPU
 }
+# What `bench --only` can name: Bench's scenario methods, in run order.
+SCENARIOS = (
+    "claims",
+    "vectors",
+    "decode_speed",
+    "tiny_pipeline",
+    "fairness",
+    "index_kinds",
+    "rss",
+    "model_only",
+    "search_growth",
+)
+_WITH_TINY = frozenset({"tiny_pipeline", "fairness", "rss"})  # scenarios given the tiny model
 GROWTH_RECALL = 0.95  # search_p95_growth counts only with recall@10 this high at both sizes
 MIB = 1024 * 1024
 FAIR_BACKLOG = 200  # fair_start_wait_ratio's backlog, as DESIGN §7 defines it
@@ -86,6 +102,7 @@ class Plan:
     vectors: int
     other_index_kinds: tuple[str, ...]  # searched too, for the trade-offs (not a figure)
     growth_vectors: tuple[int, int]  # search_p95_growth: 1x and 10x; 1x fills one segment
+    decode_frames: int = 48  # decode_speedup_over_stock: noisy 720p JPEGs per side and run
 
 
 # DESIGN §7's sizes for the full run. The 1M corpus takes ~4 minutes here (1.1M
@@ -137,16 +154,29 @@ QUICK = Plan(
     vectors=10_000,
     other_index_kinds=(),
     growth_vectors=(10_000, 100_000),
+    decode_frames=16,
 )
 
 
-def main(config: Settings, *, quick: bool = False, as_json: bool = False) -> int:
-    """Run every scenario and print the figures (a table, or one JSON object)."""
+def main(
+    config: Settings,
+    *,
+    quick: bool = False,
+    as_json: bool = False,
+    only: Sequence[str] = (),
+) -> int:
+    """Run every scenario (or those named in `only`) and print the figures (a table, or
+    one JSON object)."""
     plan = QUICK if quick else FULL
+    unknown = sorted(set(only) - set(SCENARIOS))
+    if unknown:
+        raise errors.ConfigError(
+            f"bench --only: no scenario {', '.join(unknown)}; one of {', '.join(SCENARIOS)}"
+        )
     stdout = sys.stdout
     # Whatever a library prints goes to stderr with the progress; stdout gets the report.
     with contextlib.redirect_stdout(sys.stderr), _quiet_loggers():
-        report = run(config, plan)
+        report = run(config, plan, only)
     if as_json:
         print(json.dumps(report, indent=2), file=stdout)
     else:
@@ -154,7 +184,7 @@ def main(config: Settings, *, quick: bool = False, as_json: bool = False) -> int
     return 0
 
 
-def run(config: Settings, plan: Plan) -> dict[str, Any]:
+def run(config: Settings, plan: Plan, only: Sequence[str] = ()) -> dict[str, Any]:
     """Set up the world, run the scenarios, and return the report."""
     started = time.perf_counter()
     load_start = os.getloadavg()
@@ -168,7 +198,7 @@ def run(config: Settings, plan: Plan) -> dict[str, Any]:
             frames = dataset.textured_frames(plan.distinct_frames)
             uris = dataset.upload(s3.url, frames)
         bench = Bench(config, plan, World(url, s3, workdir, frames, uris), progress)
-        bench.run_all()
+        bench.run_all(only)
     context = bench.context
     context["machine"] = _machine(load_start)
     context["database"] = {
@@ -227,22 +257,27 @@ class Bench:
         self.meter = cpu_meter.Meter(world.s3.pid, postmaster)
         self._videos = 0
 
-    def run_all(self) -> None:
-        # Claims first (before the bulk vectors leave autovacuum and checkpoints behind),
-        # then the vectors while frame ids still start at 1, so segments align.
-        self.claims()
-        self.vectors()
-        tiny = self._load_tiny("siglip-tiny")
-        self.tiny_pipeline(tiny)
-        self.fairness(tiny)
-        self.index_kinds()
-        self.rss(tiny)
-        del tiny
-        gc.collect()
-        self.model_only()
-        # Last: it writes the most rows, and the autovacuum they leave behind must not
-        # run beside another scenario's measurement.
-        self.search_growth()
+    def run_all(self, only: Sequence[str] = ()) -> None:
+        """Every scenario in SCENARIOS' order, or those named in `only`.
+
+        Claims first (before the bulk vectors leave autovacuum and checkpoints behind),
+        then the vectors while frame ids still start at 1, so segments align; the search
+        growth last: it writes the most rows, and the autovacuum they leave behind must
+        not run beside another scenario's measurement.
+        """
+        tiny: embedder.Embedder | None = None
+        for name in SCENARIOS:
+            if only and name not in only:
+                continue
+            scenario = getattr(self, name)
+            if name in _WITH_TINY:
+                tiny = tiny or self._load_tiny("siglip-tiny")
+                scenario(tiny)
+                continue
+            if tiny is not None and name != "index_kinds":
+                tiny = None  # freed before B/16 loads
+                gc.collect()
+            scenario()
 
     # --- figures ----------------------------------------------------------------
 
@@ -515,6 +550,20 @@ class Bench:
         gc.collect()
         return self.meter.worker_rss()
 
+    def decode_speed(self) -> None:
+        """decode_speedup_over_stock: one core, the daemon's decode + resize vs the stock path."""
+        frames = decode_speed.noisy_frames(self.plan.decode_frames)
+        with self.progress.step(
+            "decode speed", f"{len(frames)} noisy 720p JPEGs, daemon vs stock, one core"
+        ):
+            result = decode_speed.run(self._base_b16(), frames)
+        self.figures["decode_speedup_over_stock"] = result.speedup
+        self.measurements["decode_speed"] = dataclasses.asdict(result)
+        self.progress.say(
+            f"daemon {result.daemon_frames_per_second:.0f} frames/s, stock "
+            f"{result.stock_frames_per_second:.0f} frames/s per core"
+        )
+
     def model_only(self) -> None:
         """e2e_over_model_only: a real-size SigLIP B/16 end to end vs its bare forward.
 
@@ -524,14 +573,16 @@ class Bench:
             self.progress.step("base model", "building SigLIP B/16 (random weights)"),
             embedder.quiet_transformers(),
         ):
-            directory = tinymodel.build_base_b16(self.workdir / "siglip2-base-patch16-224-random")
+            directory = self._base_b16()
         base = embedder.load_embedder(
             str(directory), self.config.device, self.config.batch_size or self.plan.base_batch_size
         )
         base.warm_up()
         batch = base.batch_size
         half = max(1, self.plan.base_batches // 2) * batch  # whole batches per run
-        prepared = [base.prepare(data) for data in dataset.cycle(self.frames, half)]
+        # Decoded before the timing, on the device too where it decodes (ARGUS_DECODE).
+        frames = [base.prepare(data) for data in dataset.cycle(self.frames, half)]
+        prepared = base.finish_decoding(frames)
 
         def forward() -> _Measured:
             watch = _Stopwatch(self.meter)
@@ -553,6 +604,9 @@ class Bench:
                 tally.add(name, half, runs[name]())
         e2e, forward_only = tally.rate("e2e"), tally.rate("forward")
         self.figures["e2e_over_model_only"] = e2e / forward_only
+        # DESIGN §7: the same e2e on a CUDA device (decoding as ARGUS_DECODE says); null on CPU.
+        on_gpu = base.device.startswith("cuda")
+        self.figures["gpu_e2e_frames_per_second"] = e2e if on_gpu else None
         self.context["base_model"] = _describe(base)
         self.measurements["base_model"] = {
             "e2e_frames_per_second": e2e,
@@ -564,6 +618,14 @@ class Bench:
         self.progress.say(f"e2e {e2e:.2f} frames/s, forward only {forward_only:.2f} frames/s")
 
     # --- helpers ----------------------------------------------------------------
+
+    def _base_b16(self) -> Path:
+        """SigLIP 2 B/16 224's architecture with random weights, written once per run."""
+        directory = self.workdir / "siglip2-base-patch16-224-random"
+        if not (directory / "config.json").exists():
+            with embedder.quiet_transformers():
+                tinymodel.build_base_b16(directory)
+        return directory
 
     def _load_tiny(self, name: str) -> embedder.Embedder:
         with embedder.quiet_transformers():
@@ -686,7 +748,8 @@ def render(report: dict[str, Any]) -> str:
     machine = context["machine"]
     lines = [
         f"argus-embedder bench ({context['plan']} run) on {machine['cpu']}, "
-        f"{machine['usable_cores']} core(s), device {context['base_model']['device']}, "
+        f"{machine['usable_cores']} core(s), device "
+        f"{context.get('base_model', {}).get('device', 'n/a')}, "
         f"PostgreSQL {context['database']['postgres']} + pgvector "
         f"{context['database']['pgvector']}, {context['durations_seconds']['total']:.0f} s",
         "",
@@ -696,7 +759,18 @@ def render(report: dict[str, Any]) -> str:
         goal = report["goals"][key]
         lines.append(f"{key:<28} {_format(value):>12}  {goal:<10} {_verdict(key, value, context)}")
     lines += ["", "rates behind them (absolute numbers are context: this machine is shared):"]
-    lines += [f"  {line}" for line in _details(context)]
+    measured = context["measurements"]
+    if "decode_speed" in measured:
+        speed = measured["decode_speed"]
+        lines.append(
+            f"  decode + resize on one core: daemon {speed['daemon_frames_per_second']:.0f} "
+            f"frames/s, stock {speed['stock_frames_per_second']:.0f} frames/s "
+            f"({speed['frames']} JPEGs of {speed['mean_bytes'] / 1000:.0f} KB)"
+        )
+    if set(measured) >= {"base_model", "tiny_pipeline", "index_kinds", "claims", "fairness"}:
+        lines += [f"  {line}" for line in _details(context)]
+    else:
+        lines.append("  (a partial run, bench --only: --json has its measurements)")
     return "\n".join(lines)
 
 
@@ -720,8 +794,11 @@ def _format(value: float | None) -> str:
 
 
 def _verdict(key: str, value: float | None, context: dict[str, Any]) -> str:
+    if value is None and key == "gpu_e2e_frames_per_second":
+        return "no figure: no CUDA device"
     if value is None:
-        return f"no figure: {context['peer']['reason']}"
+        reason = context.get("peer", {}).get("reason", "not run (bench --only)")
+        return f"no figure: {reason}"
     op, goal = GOALS[key]
     met = {">=": value >= goal, "<=": value <= goal, "<": value < goal}[op]
     if key == "search_p95_growth":

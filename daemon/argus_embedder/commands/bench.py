@@ -10,4 +10,5 @@ from argus_embedder.settings import Settings
 def main(args: argparse.Namespace, config: Settings) -> int:
     from argus_embedder.bench import suite
 
-    return suite.main(config, quick=args.quick, as_json=args.json)
+    only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
+    return suite.main(config, quick=args.quick, as_json=args.json, only=only)

@@ -10,6 +10,7 @@ device, so only uint8 pixels cross the host-device bus.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import threading
@@ -24,7 +25,8 @@ import transformers
 from PIL import Image
 
 from argus_embedder import errors
-from argus_embedder.pipeline.recipe import Family, PreparedImage, Recipe
+from argus_embedder.pipeline import decoding
+from argus_embedder.pipeline.recipe import EncodedImage, Family, PreparedImage, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class Embedder:
         device: torch.device,
         batch_size: int,
         dimension: int,
+        decoder: decoding.Decoder | None = None,
     ) -> None:
         self.model = model
         self.dimension = dimension
@@ -70,10 +73,18 @@ class Embedder:
         self._scale = (recipe.rescale_factor / std).to(device)
         self._offset = (torch.tensor(recipe.mean, dtype=torch.float32) / std).to(device)
         self._staging: dict[tuple[str | int, ...], torch.Tensor] = {}
+        self.decoder: decoding.Decoder = decoder or decoding.CpuDecoder()
+        self.float32_retries = 0  # chunks recomputed in float32 for non-finite vectors
 
-    def prepare(self, data: bytes) -> PreparedImage:
-        """Decode and resize one encoded image; raises errors.FrameError for a bad image."""
+    def prepare(self, data: bytes) -> Any:
+        """Decode and resize one encoded image (a PreparedImage; with GPU decoding a JPEG
+        stays encoded for `finish_decoding`); raises errors.FrameError for a bad image."""
         return self.recipe.prepare(data)
+
+    def finish_decoding(self, outputs: Sequence[Any]) -> list[Any]:
+        """A batch's prepared frames, decoded where the decoder left that to the device:
+        each becomes pixels `embed` takes, or the FrameError it is recorded with."""
+        return self.decoder.finish(outputs)
 
     def prepare_image(self, image: Any) -> PreparedImage:
         """Like `prepare` for an already decoded RGB PIL image (no draft decoding)."""
@@ -85,12 +96,13 @@ class Embedder:
         Runs in chunks of `batch_size`; on CUDA out-of-memory the chunk is halved and retried,
         so no frame is dropped, and `batch_size` stays at the size that fit.
         """
+        images = self._decoded(images)
         vectors: list[FloatArray] = []
         start = 0
         while start < len(images):
             chunk = images[start : start + self.batch_size]
             try:
-                vectors.append(self._forward(chunk))
+                vectors.append(self._finite_forward(chunk))
                 out_of_memory = False
             except torch.cuda.OutOfMemoryError:
                 out_of_memory = True
@@ -103,6 +115,17 @@ class Embedder:
         if not vectors:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.concatenate(vectors)
+
+    def _decoded(self, images: Sequence[Any]) -> Sequence[Any]:
+        """Frames still encoded (a caller that skipped `finish_decoding`, such as `search
+        --image`) are decoded now; a frame that cannot be raises its FrameError."""
+        if not any(isinstance(item, EncodedImage) for item in images):
+            return images
+        finished = self.finish_decoding(images)
+        for item in finished:
+            if isinstance(item, Exception):
+                raise item
+        return finished
 
     def warm_up(self) -> None:
         """One forward pass on a dummy batch: allocates kernels and memory before real work."""
@@ -124,13 +147,32 @@ class Embedder:
             self.batch_size,
         )
 
+    def _finite_forward(self, chunk: Sequence[Any]) -> FloatArray:
+        """The chunk's vectors; if half precision gave a non-finite one, the chunk again in
+        float32 (DESIGN §5) before any frame of it gets an error row (store.embedded)."""
+        vectors = self._forward(chunk, self._dtype)
+        if self._dtype == torch.float32 or np.isfinite(vectors).all():
+            return vectors
+        self.float32_retries += 1
+        log.warning(
+            "%s gave non-finite vectors for %d frame(s); recomputing the batch in float32",
+            self._dtype,
+            int((~np.isfinite(vectors).all(axis=1)).sum()),
+        )
+        # In place and back: float16/bfloat16 -> float32 -> the same dtype is exact.
+        self._vision.to(torch.float32)
+        try:
+            return self._forward(chunk, torch.float32)
+        finally:
+            self._vision.to(self._dtype)
+
     @torch.inference_mode()
-    def _forward(self, chunk: Sequence[PreparedImage]) -> FloatArray:
-        pixels = self._to_device(np.stack([item.pixels for item in chunk]))
+    def _forward(self, chunk: Sequence[Any], dtype: torch.dtype) -> FloatArray:
+        pixels = self._pixels(chunk)
         if self.recipe.family == "fixed":
             # (n, H, W, 3) uint8 -> (n, 3, H, W) normalized
             values = (pixels.float() * self._scale - self._offset).permute(0, 3, 1, 2)
-            output = self._vision(pixel_values=values.to(self._dtype))
+            output = self._vision(pixel_values=values.to(dtype))
         else:
             mask = self._to_device(np.stack([_mask(item) for item in chunk]))
             shapes = torch.tensor([item.spatial_shape for item in chunk], dtype=torch.long)
@@ -140,11 +182,24 @@ class Embedder:
             values = (values * self._scale - self._offset).view(count, patches, width)
             values = values * mask[..., None]
             output = self._vision(
-                pixel_values=values.to(self._dtype),
+                pixel_values=values.to(dtype),
                 pixel_attention_mask=mask,
                 spatial_shapes=shapes.to(self._torch_device),
             )
         return _unit_rows(pooled(output))
+
+    def _pixels(self, chunk: Sequence[Any]) -> torch.Tensor:
+        """The chunk's uint8 pixels stacked on the device (some may be there already)."""
+        if not any(isinstance(item, decoding.DevicePixels) for item in chunk):
+            return self._to_device(np.stack([item.pixels for item in chunk]))
+        return torch.stack(
+            [
+                item.pixels.to(self._torch_device)
+                if isinstance(item, decoding.DevicePixels)
+                else torch.tensor(item.pixels, device=self._torch_device)
+                for item in chunk
+            ]
+        )
 
     def _to_device(self, array: npt.NDArray[Any]) -> torch.Tensor:
         """Host array -> device tensor; on CUDA through a reused pinned buffer, asynchronously."""
@@ -200,31 +255,37 @@ class TextEncoder:
         return _unit_rows(pooled(output))
 
 
-def load_embedder(model: str, device: str = "auto", batch_size: int | None = None) -> Embedder:
-    """Load the vision tower and image recipe of `model` (hub id or directory) onto `device`."""
+def load_embedder(
+    model: str, device: str = "auto", batch_size: int | None = None, *, decode: str = "auto"
+) -> Embedder:
+    """Load the vision tower and image recipe of `model` (hub id or directory) onto `device`,
+    with the JPEG decoder ARGUS_DECODE=`decode` picks (ConfigError if it cannot run)."""
     torch_device = resolve_device(device)
     config = _load_config(model)
     family = _family(config, model)
     vision_class = (
         transformers.SiglipVisionModel if family == "fixed" else transformers.Siglip2VisionModel
     )
-    # fp16 on CUDA: half the memory and tensor cores, and 3 more mantissa bits than bf16
-    # keep the vectors closest to the float32 reference.
-    dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
-    vision = _load_weights(vision_class, model, dtype).to(torch_device).eval()
     recipe = _load_recipe(model, family)
     _check_recipe_fits(model, recipe, _vision_config(config))
+    decoder = decoding.start(decode, torch_device, recipe)
+    recipe = dataclasses.replace(recipe, decode="gpu" if decoder.name == "gpu" else "cpu")
+    dtype = model_dtype(torch_device)
+    vision = _load_weights(vision_class, model, dtype).to(torch_device).eval()
     dimension = int(_vision_config(config).hidden_size)
     if batch_size is None:
         batch_size = _auto_batch_size(torch_device, _vision_config(config), recipe)
     log.info(
-        "loaded %s vision tower (%s, %d-d) on %s, batch %d, preprocessing %s",
+        "loaded %s vision tower (%s, %d-d) on %s in %s, batch %d, preprocessing %s, "
+        "JPEG decode on %s",
         model,
         family,
         dimension,
         torch_device,
+        dtype,
         batch_size,
         recipe.id,
+        decoder.name,
     )
     return Embedder(
         model=model,
@@ -233,7 +294,25 @@ def load_embedder(model: str, device: str = "auto", batch_size: int | None = Non
         device=torch_device,
         batch_size=batch_size,
         dimension=dimension,
+        decoder=decoder,
     )
+
+
+def model_dtype(device: torch.device) -> torch.dtype:
+    """DESIGN §5: bfloat16 on CUDA compute capability >= 8.0 (float32's range, so no
+    overflow), float16 on older GPUs, float32 on CPU; a non-finite batch is recomputed
+    in float32 (Embedder._finite_forward)."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+
+
+def load_recipe(model: str) -> Recipe:
+    """The image recipe of `model` alone (no weights): what its frames' pixels go through."""
+    config = _load_config(model)
+    recipe = _load_recipe(model, _family(config, model))
+    _check_recipe_fits(model, recipe, _vision_config(config))
+    return recipe
 
 
 def load_text_encoder(model: str, device: str = "auto") -> TextEncoder:

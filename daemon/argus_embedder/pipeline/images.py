@@ -57,18 +57,15 @@ FORMATS = tuple(
     name for name in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF") if name in Image.OPEN
 )
 
-# JPEG draft mode decodes in the DCT domain at 1/2, 1/4 or 1/8 scale. After the final resize
-# it differs from a full decode by 0.7-1.2 levels RMS (max 4-6) however much margin is left,
-# so it is used only where the embedding parity test (cosine >= 0.9999) was measured to hold.
-# Worst cosine, draft vs full decode, textured JPEGs 1080p/1440p/2160p at q75-95, random
-# weights ("factor" = reduced side / resize target, "1/k" = largest reduction allowed):
-#   B/16 at 224 px: factor 1: 0.99964 (fails); factor 2: 0.99993; factor 3, 1/2: 0.999954
-#   tiny at 64 px:  factor 1: 0.99971 (fails); factor 3, 1/8: 0.99990 (fails);
-#                   factor 3, 1/4: 0.999912; factor 3, 1/2: 0.999916
-# Hence factor 3 and 1/2 at most. For 224 px targets that helps 4K frames only (about 79 ->
-# 54 ms per frame on one core here); 720p and 1080p decode in full, as they must.
-DRAFT_FACTOR = 3
-MAX_DRAFT_REDUCTION = 2
+# Decoding at the floor (DESIGN §5): libjpeg decodes in the DCT domain at 1/2, 1/4 or 1/8
+# scale, and a JPEG is decoded at the largest of those whose image is still at least the
+# resize target on both sides (720p -> 1/2 and 1080p -> 1/4 for 224 px), then resized with
+# the checkpoint's filter over the box that covers exactly the original image. The pixels
+# differ from a full decode by about a level RMS, the embeddings by far less than DESIGN
+# §5's tolerance (cosine >= 0.999 per frame): tests/unit/test_decode_parity.py measures
+# 1080p/720p/480p JPEGs of every common kind against the stock processor, for the tiny
+# model and for B/16 at 224 px. A 720p frame for 224 px costs about half the CPU of a full
+# decode (docs/performance.md).
 
 # EXIF orientations 5-8 swap width and height.
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -133,6 +130,16 @@ def prepare_naflex(
     with _BUDGET.reserve(_decode_cost(image)):
         pixels = _resize(_finish(image, data), target, resample, box)
     return patchify(pixels, patch_size, max_num_patches)
+
+
+def gpu_decodable(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> int | None:
+    """The EXIF orientation of a JPEG that a batched GPU decode can take, or None for
+    bytes to decode on CPU (other formats, CMYK). Reads the header only; raises
+    errors.FrameError for what is not a sane image, as `decode` would."""
+    image = _open(data, max_pixels)
+    if image.format not in ("JPEG", "MPO") or image.mode not in ("RGB", "L"):
+        return None
+    return _orientation(image)
 
 
 def preprocess_fixed(image: Image.Image, size: int | tuple[int, int], resample: int) -> UInt8Array:
@@ -331,25 +338,42 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
 
 
 def _draft(image: Image.Image, target: tuple[int, int]) -> tuple[float, float, float, float] | None:
-    """Ask a JPEG decoder for a reduced scale that keeps DRAFT_FACTOR x `target` (w, h) upright.
+    """Ask a JPEG decoder for the largest DCT reduction keeping `target` (upright w, h).
 
-    Returns the box, in the reduced image, that covers exactly the original image (the
-    reduced size is rounded up), for the final resize; None when nothing was reduced.
+    Returns the box, in the reduced upright image, that covers exactly the original image
+    (the reduced size is rounded up), for the final resize; None when nothing was reduced.
     """
-    # Rotated JPEGs (rare among video frames) decode at full scale: the box would have to be
-    # rotated with the pixels, and exactness there is worth more than speed.
-    if image.format not in ("JPEG", "MPO") or _orientation(image) != 1:
+    if image.format not in ("JPEG", "MPO"):
         return None
+    orientation = _orientation(image)
+    width, height = target
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
     original = image.size
-    # Pillow picks the largest reduction keeping both sides >= the requested size.
-    request = tuple(
-        max(side * DRAFT_FACTOR, -(-full // MAX_DRAFT_REDUCTION))
-        for side, full in zip(target, original, strict=True)
-    )
-    result = image.draft("RGB", (request[0], request[1]))
+    # Pillow picks the largest reduction keeping both stored sides >= the requested size.
+    result = image.draft("RGB", (width, height))
     if result is None or image.size == original:
         return None
-    return result[1]
+    return _orient_box(result[1], image.size, orientation)
+
+
+def _orient_box(
+    box: tuple[float, float, float, float], size: tuple[int, int], orientation: int
+) -> tuple[float, float, float, float]:
+    """Where `box` of a stored image of `size` (w, h) lands once the EXIF orientation is
+    applied (the reduced image's rounded-up edge is at its right and bottom)."""
+    left, top, right, bottom = box
+    width, height = size
+    return {
+        1: (left, top, right, bottom),
+        2: (width - right, top, width - left, bottom),  # mirror left-right
+        3: (width - right, height - bottom, width - left, height - top),  # 180
+        4: (left, height - bottom, right, height - top),  # mirror top-bottom
+        5: (top, left, bottom, right),  # transpose
+        6: (height - bottom, left, height - top, right),  # 90 clockwise
+        7: (height - bottom, width - right, height - top, width - left),  # transverse
+        8: (top, width - right, bottom, width - left),  # 90 counter-clockwise
+    }[orientation]
 
 
 def _describe(data: bytes, error: Exception) -> str:

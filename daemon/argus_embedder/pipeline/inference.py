@@ -65,6 +65,7 @@ class Embedded:
 def embed_batch(embedder: EmbedderLike, batch: list[Item]) -> Embedded:
     """Wait for the batch's prepared frames and embed the good ones."""
     outputs = {id(item): _prepared(item) for item in batch}
+    _finish_decoding(embedder, batch, outputs)
     result = Embedded(failures=_failures_of_preparation(batch, outputs))
     failed = {failure.job.claim for failure in result.failures}
     good = [
@@ -106,6 +107,19 @@ def _prepared(item: Item) -> Any:
         _DOWNLOAD.observe(prepared.download_seconds)
         _DECODE.observe(prepared.decode_seconds)
     return prepared.output
+
+
+def _finish_decoding(embedder: EmbedderLike, batch: list[Item], outputs: dict[int, Any]) -> None:
+    """Frames the decoder left to the device (ARGUS_DECODE=gpu) become pixels, or the
+    FrameError that gives them their error row. Embedders that decode every frame in
+    `prepare` (stand-ins in tests) need no such step."""
+    finish = getattr(embedder, "finish_decoding", None)
+    waiting = [item for item in batch if not isinstance(outputs[id(item)], Exception)]
+    if finish is None or not waiting:
+        return
+    finished = finish([outputs[id(item)] for item in waiting])
+    for item, output in zip(waiting, finished, strict=True):
+        outputs[id(item)] = output
 
 
 def _failures_of_preparation(batch: list[Item], outputs: dict[int, Any]) -> list[JobFailure]:

@@ -34,6 +34,15 @@ class PreparedImage:
     spatial_shape: tuple[int, int] | None = None
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncodedImage:
+    """A JPEG left for the model's device to decode in its batch (ARGUS_DECODE=gpu):
+    the bytes, checked as far as the header, and their EXIF orientation."""
+
+    data: bytes
+    orientation: int = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """The checkpoint's image preprocessing, read from its image processor config."""
@@ -46,7 +55,8 @@ class Recipe:
     size: tuple[int, int] = (0, 0)  # fixed family: (height, width)
     patch_size: int = 0  # NaFlex family
     max_num_patches: int = 0  # NaFlex family
-    draft: bool = True  # JPEG reduced-scale decoding (see images.DRAFT_FACTOR)
+    draft: bool = True  # JPEG decoding at the DCT floor (see images._draft)
+    decode: Literal["cpu", "gpu"] = "cpu"  # gpu: prepare leaves JPEGs to pipeline.decoding
 
     @property
     def id(self) -> str:
@@ -63,13 +73,27 @@ class Recipe:
         if (self.rescale_factor, self.mean, self.std) != _STANDARD_NORMALIZATION:
             digest = hashlib.sha256(repr((self.rescale_factor, self.mean, self.std)).encode())
             parts.append(f"norm{digest.hexdigest()[:6]}")
-        if self.draft:
-            parts.append(f"draft{images.DRAFT_FACTOR}")
+        if self.decode == "gpu":
+            parts.append("gpudecode")
+        elif self.draft:
+            parts.append("floor")
         parts.append(RECIPE_VERSION)
         return "-".join(parts)
 
-    def prepare(self, data: bytes) -> PreparedImage:
-        """Decode and resize one encoded image; raises errors.FrameError for a bad image."""
+    def prepare(self, data: bytes) -> PreparedImage | EncodedImage:
+        """Decode and resize one encoded image; raises errors.FrameError for a bad image.
+
+        With `decode="gpu"` a JPEG the GPU decoder takes comes back encoded, its header
+        checked: the device decodes it with its batch (pipeline.decoding).
+        """
+        if self.decode == "gpu":
+            orientation = images.gpu_decodable(data)
+            if orientation is not None:
+                return EncodedImage(data, orientation)
+        return self.prepare_on_cpu(data)
+
+    def prepare_on_cpu(self, data: bytes) -> PreparedImage:
+        """Decode and resize on this CPU, whatever `decode` says."""
         if self.family == "fixed":
             pixels = images.prepare_fixed(data, self.size, self.resample, draft=self.draft)
             return PreparedImage(pixels=pixels)

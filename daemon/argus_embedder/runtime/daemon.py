@@ -85,7 +85,9 @@ def _load_model(config: Settings, state: health.HealthState) -> Embedder:
 
     sdnotify.status(f"loading model {config.model}")
     started = time.monotonic()
-    model = embedder.load_embedder(config.model, config.device, config.batch_size)
+    model = embedder.load_embedder(
+        config.model, config.device, config.batch_size, decode=config.decode
+    )
     state.beat()
     model.warm_up()
     metrics.MODEL_LOAD.set(time.monotonic() - started)
