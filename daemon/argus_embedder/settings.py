@@ -59,6 +59,13 @@ VARIABLES: tuple[Variable, ...] = (
         "PostgreSQL URL that search, serve and status read from (a streaming replica); "
         "unset: they read from ARGUS_DATABASE_URL",
     ),
+    Variable(
+        "ARGUS_FILE_ROOTS",
+        "file_roots",
+        None,
+        "':'-separated directories, the only places file:// and bare-path frames are read "
+        "from; unset: any regular file",
+    ),
 )
 
 
@@ -79,6 +86,7 @@ class Settings:
     reconcile_interval: float = 300.0
     decode_processes: int | None = None  # None: automatic (preparing.processes)
     read_database_url: str | None = None  # None: reads go to database_url
+    file_roots: tuple[str, ...] | None = None  # None: local frames may be read from anywhere
 
     def __repr__(self) -> str:  # never print the database password
         fields = dataclasses.asdict(self)
@@ -164,7 +172,23 @@ def _validate(raw: Mapping[str, str | None]) -> Settings:
             raw, "ARGUS_DECODE_PROCESSES", "decode_processes", minimum=0, maximum=256, optional=True
         ),
         read_database_url=_database_url(raw, "ARGUS_READ_DATABASE_URL", "read_database_url"),
+        file_roots=_file_roots(raw["file_roots"]),
     )
+
+
+def _file_roots(text: str | None) -> tuple[str, ...] | None:
+    """ARGUS_FILE_ROOTS as absolute directory names (whether they exist is checked where
+    frames are read: `status` on another host need not have them)."""
+    if text is None:
+        return None
+    roots = tuple(text.split(":"))
+    for root in roots:
+        if not root.startswith("/"):
+            raise errors.ConfigError(
+                f"ARGUS_FILE_ROOTS={text!r}: every entry must be an absolute directory, "
+                f"not {root!r}"
+            )
+    return roots
 
 
 def _database_url(raw: Mapping[str, str | None], env: str, field: str) -> str | None:

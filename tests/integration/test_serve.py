@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
 import os
 import signal
 import urllib.parse
@@ -15,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from argus_embedder import cli, settings
+from argus_embedder import cli, errors, settings
 from argus_embedder.commands import serve
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
@@ -155,7 +156,11 @@ def test_frames_are_served_byte_for_byte_from_s3_and_file(
     s3: S3Endpoint,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    png = b"\x89PNG\r\n\x1a\n" + os.urandom(64)
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), "blue").save(buffer, "PNG")
+    png = buffer.getvalue()
     support.add_video(
         conn,
         "remote",
@@ -221,10 +226,105 @@ def test_frames_scaled_down_on_request(
     # Never scaled up: as wide or wider than the frame is the frame itself.
     for width in (160, 1024):
         assert get(port, f"/frames/{frame}?width={width}")[2] == (frames / "002.jpg").read_bytes()
-    assert get(port, f"/frames/{ids[('broken', 0)]}")[2] == not_an_image.read_bytes()
-    status, _, body = get(port, f"/frames/{ids[('broken', 0)]}?width=64")
-    assert (status, json.loads(body)) == (404, {"error": "the frame's image cannot be decoded"})
+    for query in ("", "?width=64"):
+        status, _, body = get(port, f"/frames/{ids[('broken', 0)]}{query}")
+        assert (status, json.loads(body)) == (404, {"error": "the frame's file is not an image"})
     assert get(port, "/frames/999999?width=64")[0] == 404
+
+
+def frame_ids(conn: psycopg.Connection[Any], video_id: str) -> list[int]:
+    rows = conn.execute(
+        "SELECT id FROM argus.frames WHERE video_id = %s ORDER BY frame_index", (video_id,)
+    ).fetchall()
+    return [row["id"] for row in rows]
+
+
+def test_frames_sends_only_images_never_other_files(
+    frames: Path, port: int, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Issue 27: a frame row naming a secret, /proc/self/environ or a FIFO got 200 and the
+    file's bytes (or hung the request); only an image of a format the daemon decodes goes
+    out, with the Content-Type its bytes say."""
+    from PIL import Image
+
+    secret = tmp_path / "database-url"
+    secret.write_text("postgresql://argus:hunter2-planted@db/argus\n")
+    fifo = tmp_path / "frame.fifo"
+    os.mkfifo(fifo)
+    png_named_txt = tmp_path / "really-a-png.txt"
+    Image.new("RGB", (8, 8), "red").save(png_named_txt, "PNG")
+    jpeg_named_png = tmp_path / "really-a-jpeg.png"
+    jpeg_named_png.write_bytes(textured_jpeg(3))
+    uris = [
+        secret.as_uri(),
+        str(secret),  # a bare path
+        "file:///proc/self/environ",
+        "/etc/hostname",
+        fifo.as_uri(),
+        png_named_txt.as_uri(),
+        str(jpeg_named_png),
+    ]
+    support.add_video(conn, "odd", uris, enqueue=False)
+    ids = frame_ids(conn, "odd")
+    for frame_id, uri in zip(ids[:5], uris, strict=False):
+        for query in ("", "?width=64"):
+            status, headers, body = get(port, f"/frames/{frame_id}{query}")
+            assert (status, headers["Content-Type"]) == (404, "application/json"), uri
+            assert b"hunter2" not in body and b"PATH=" not in body, uri
+            assert json.loads(body)["error"] in {
+                "the frame's file is not an image",
+                "the frame's image is missing from storage",
+            }, uri
+    status, headers, body = get(port, f"/frames/{ids[5]}")
+    assert (status, headers["Content-Type"], body) == (200, "image/png", png_named_txt.read_bytes())
+    status, headers, body = get(port, f"/frames/{ids[6]}")
+    assert (status, headers["Content-Type"], body) == (200, "image/jpeg", textured_jpeg(3))
+
+
+def test_frames_only_under_file_roots(
+    frames: Path,
+    conn: psycopg.Connection[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With ARGUS_FILE_ROOTS set, serve reads local frames only under it: an image
+    outside, a symlink in the root pointing out, a `..` path all get a 404 JSON."""
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(textured_jpeg(7))
+    (frames / "link-out.jpg").symlink_to(outside)
+    (frames / "link-in.jpg").symlink_to(frames / "001.jpg")
+    uris = [
+        outside.as_uri(),
+        str(frames / "link-out.jpg"),
+        f"{frames}/../outside.jpg",
+        (frames / "link-in.jpg").as_uri(),
+        str(frames / "002.jpg"),
+    ]
+    support.add_video(conn, "roots", uris, enqueue=False)
+    ids = frame_ids(conn, "roots")
+    caplog.set_level(logging.INFO, logger="argus_embedder")
+    with serve.running(settings.load(), "127.0.0.1", 0) as server:
+        port = int(server.server_address[1])
+        assert get(port, f"/frames/{ids[0]}")[0] == 200  # unset: any image file
+    assert "ARGUS_FILE_ROOTS is unset" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("ARGUS_FILE_ROOTS", f"/nonexistent-root:{frames}")
+    refused = pytest.raises(errors.ConfigError, match="/nonexistent-root is not a directory")
+    with refused, serve.running(settings.load(), "127.0.0.1", 0):
+        pass
+    monkeypatch.setenv("ARGUS_FILE_ROOTS", f"{tmp_path / 'elsewhere'}:{frames}")
+    (tmp_path / "elsewhere").mkdir()
+    with serve.running(settings.load(), "127.0.0.1", 0) as server:
+        port = int(server.server_address[1])
+        for frame_id in ids[:3]:
+            status, headers, body = get(port, f"/frames/{frame_id}")
+            assert (status, headers["Content-Type"]) == (404, "application/json")
+            assert json.loads(body) == {"error": "the frame's file is outside ARGUS_FILE_ROOTS"}
+        assert get(port, f"/frames/{ids[3]}")[2] == (frames / "001.jpg").read_bytes()
+        assert get(port, f"/frames/{ids[4]}")[2] == (frames / "002.jpg").read_bytes()
+    assert "ARGUS_FILE_ROOTS is unset" not in caplog.text
+    assert f"local frames are read only under {tmp_path / 'elsewhere'}, {frames}" in caplog.text
 
 
 def test_an_unexpected_error_is_a_500_without_a_traceback(

@@ -4,7 +4,10 @@
 Every answer is JSON (the page, images and /metrics aside), errors included: a bad
 request is a 400 that says what was wrong, never a 500 or a traceback. Nothing from a
 request reaches storage or the file system: /frames/ID looks the id up in argus.frames
-and fetches that row's URI, and the page's files are a fixed table.
+and fetches that row's URI, and the page's files are a fixed table. Nor does a row reach
+further than an image: storage reads local files only under ARGUS_FILE_ROOTS when set
+and only regular files, and /frames/ID sends only bytes Pillow identifies as an image of
+a format the daemon decodes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import functools
 import http.server
 import importlib.resources
+import io
 import json
 import logging
 import re
@@ -25,10 +29,12 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 import psycopg_pool
+from PIL import Image
 
 from argus_embedder import errors
 from argus_embedder.commands import search, thumbnail
 from argus_embedder.gateways import frames
+from argus_embedder.pipeline import images, storage
 from argus_embedder.runtime import health, metrics
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,17 @@ _FRAME_PARAMETERS = frozenset({"width"})
 _FRAME_ID = re.compile(r"[0-9]{1,18}")
 _MAX_FIELDS = 20  # query-string fields parsed before the request is refused
 _HTML = "text/html; charset=utf-8"
+# Content-Type by Pillow's format name, for every format the daemon decodes (images.FORMATS).
+_IMAGE_TYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",  # a multi-picture JPEG: browsers show its first picture
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "AVIF": "image/avif",
+}
 # The page's files by URL path: (file in the search_page folder, content type).
 PAGE_FILES = {
     "/": ("index.html", _HTML),
@@ -129,9 +146,9 @@ class SearchService:
         metrics.SEARCH_SECONDS.observe(time.perf_counter() - started)
         return search.as_json(found)
 
-    def frame(self, raw_id: str, query_string: str = "") -> bytes:
-        """The image of frame `raw_id` (the path's last segment, untrusted), scaled down to
-        `?width=N` pixels when asked."""
+    def frame(self, raw_id: str, query_string: str = "") -> tuple[bytes, str]:
+        """The image of frame `raw_id` (the path's last segment, untrusted) and its
+        Content-Type, scaled down to `?width=N` pixels when asked."""
         if not _FRAME_ID.fullmatch(raw_id):
             raise _HttpError(400, "a frame id is a positive integer")
         params = _parameters(query_string, _FRAME_PARAMETERS)
@@ -142,6 +159,9 @@ class SearchService:
             raise _HttpError(404, "no such frame")
         try:
             data = self.fetch(uri)
+        except storage.OutsideRoots as error:
+            log.info("frame %s: %s", raw_id, error)
+            raise _HttpError(404, "the frame's file is outside ARGUS_FILE_ROOTS") from error
         except errors.FrameError as error:
             # The URI is ours, but its bucket and key are nobody's business outside.
             log.info("frame %s: %s", raw_id, error)
@@ -149,26 +169,29 @@ class SearchService:
         except errors.TransientError as error:
             log.warning("frame %s: %s", raw_id, error)
             raise _HttpError(503, "storage unavailable, try again") from error
+        kind = content_type(data)
+        if kind is None:
+            # Whatever the row names, only an image leaves: never a secret, a key, a log.
+            log.info("frame %s: its file is not an image of a format the daemon decodes", raw_id)
+            raise _HttpError(404, "the frame's file is not an image")
         if width is None:
-            return data
+            return data, kind
         try:
-            return thumbnail.scale(data, width)
+            scaled = thumbnail.scale(data, width)
         except errors.FrameError as error:
             log.info("frame %s: cannot scale: %s", raw_id, error)
             raise _HttpError(404, "the frame's image cannot be decoded") from error
+        return scaled, kind if scaled is data else "image/jpeg"
 
 
-def content_type(data: bytes) -> str:
-    """The image type from the first bytes (the URI's extension may lie or be absent)."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    return "application/octet-stream"
+def content_type(data: bytes) -> str | None:
+    """The image type of `data` from its header (the URI's extension may lie or be absent),
+    None for anything that is not an image of a format the daemon decodes."""
+    try:
+        with Image.open(io.BytesIO(data), formats=images.FORMATS) as image:
+            return _IMAGE_TYPES.get(image.format or "")
+    except Exception:  # Pillow refuses the bytes: not an image, whatever the reason
+        return None
 
 
 def _parameters(query_string: str, known: frozenset[str] = _PARAMETERS) -> dict[str, str]:
@@ -241,10 +264,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(endpoint, _Answer(200, "application/json", body))
             elif path.startswith("/frames/"):
                 endpoint = "frames"
-                data = self.server.service.frame(path.removeprefix("/frames/"), split.query)
+                data, kind = self.server.service.frame(path.removeprefix("/frames/"), split.query)
                 # A frame's bytes never change for its id.
                 cache = "private, max-age=86400"
-                self._send(endpoint, _Answer(200, content_type(data), data, cache=cache))
+                self._send(endpoint, _Answer(200, kind, data, cache=cache))
             elif path in PAGE_FILES:
                 name, kind = PAGE_FILES[path]
                 # Revalidated, not stored: a new version's page never meets an old script.

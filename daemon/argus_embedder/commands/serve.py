@@ -74,6 +74,7 @@ def running(config: Settings, host: str, port: int) -> Iterator[search_api.Searc
             raise errors.ConfigError(
                 f"cannot listen on {host}:{port} ({error.strerror or error}); pick --port"
             ) from error
+        _say_file_roots(config)
         thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="argus-serve"
         )
@@ -85,6 +86,16 @@ def running(config: Settings, host: str, port: int) -> Iterator[search_api.Searc
             server.shutdown()
             server.server_close()
             thread.join(timeout=5)
+
+
+def _say_file_roots(config: Settings) -> None:
+    if config.file_roots is None:
+        log.warning(
+            "ARGUS_FILE_ROOTS is unset: /frames/ID serves any image file this process can "
+            "read that a frame row names; set it to the directories that hold local frames"
+        )
+    else:
+        log.info("local frames are read only under %s", ", ".join(config.file_roots))
 
 
 def main(args: argparse.Namespace, config: Settings) -> int:
