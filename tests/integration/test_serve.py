@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -325,6 +326,55 @@ def test_frames_only_under_file_roots(
         assert get(port, f"/frames/{ids[4]}")[2] == (frames / "002.jpg").read_bytes()
     assert "ARGUS_FILE_ROOTS is unset" not in caplog.text
     assert f"local frames are read only under {tmp_path / 'elsewhere'}, {frames}" in caplog.text
+
+
+def read_to_end(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_connections_are_bounded_with_a_503_beyond(frames: Path) -> None:
+    """Issue 27: every connection got a thread and kept it while idle, so idle clients
+    could hold any number of threads. Now a connection beyond the bound gets a 503 JSON
+    and is closed; the others are unaffected, and a freed slot takes a new one."""
+    with serve.running(settings.load(), "127.0.0.1", 0, max_connections=2) as server:
+        port = int(server.server_address[1])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        try:
+            support.wait_for(lambda: server.connections() == 2, 30, "two connections")
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as extra:
+                extra.sendall(b"GET /search?q=beach HTTP/1.1\r\nHost: serve\r\n\r\n")
+                head, _, body = read_to_end(extra).partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            assert lines[0] == "HTTP/1.1 503 Service Unavailable"
+            assert {"Content-Type: application/json", "Connection: close"} <= set(lines)
+            assert json.loads(body) == {"error": "too many connections (serve takes 2); try again"}
+            # The idle ones still work.
+            idle[0].sendall(b"GET /livez HTTP/1.1\r\nHost: serve\r\n\r\n")
+            assert idle[0].recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+        finally:
+            for connection in idle:
+                connection.close()
+        support.wait_for(lambda: server.connections() == 0, 30, "the slots freed")
+        assert get(port, "/livez")[0] == 200
+
+
+def test_idle_and_stalled_connections_are_closed(frames: Path) -> None:
+    """A connection that sends nothing, or stops halfway through its request, is closed
+    after idle_seconds (30 in production; short here), freeing its thread."""
+    with serve.running(settings.load(), "127.0.0.1", 0, idle_seconds=0.5) as server:
+        port = int(server.server_address[1])
+        whole = b"GET /livez HTTP/1.1\r\n\r\n"
+        for sent, answered in ((b"", False), (whole[:-2], False), (whole, True)):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+                connection.sendall(sent)
+                answer = read_to_end(connection)  # returns once the server closes
+            # A whole request is answered, then the idle keep-alive closed; the others closed.
+            assert answer.startswith(b"HTTP/1.1 200 OK") if answered else answer == b"", sent
+        support.wait_for(lambda: server.connections() == 0, 30, "the slots freed")
 
 
 def test_an_unexpected_error_is_a_500_without_a_traceback(

@@ -20,6 +20,8 @@ import io
 import json
 import logging
 import re
+import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -45,6 +47,12 @@ _FRAME_PARAMETERS = frozenset({"width"})
 # bigint's range has 19 digits; 18 keeps every accepted id inside it without a cast
 _FRAME_ID = re.compile(r"[0-9]{1,18}")
 _MAX_FIELDS = 20  # query-string fields parsed before the request is refused
+# Connections with a thread each: a browser opens ~6, a proxy keeps a pool; beyond this a
+# new connection gets a 503 instead of another thread.
+MAX_CONNECTIONS = 64
+# A connection that neither sends nor reads for this long is closed (idle keep-alive,
+# a stalled upload, a client that stopped reading a frame).
+IDLE_SECONDS = 30.0
 _HTML = "text/html; charset=utf-8"
 # Content-Type by Pillow's format name, for every format the daemon decodes (images.FORMATS).
 _IMAGE_TYPES = {
@@ -253,6 +261,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.1"  # keep-alive: a page of thumbnails is many requests
 
+    def setup(self) -> None:
+        super().setup()
+        # Every read and write of this connection: a stalled one raises TimeoutError,
+        # which closes the connection (http.server's handling, or _send's).
+        self.connection.settimeout(self.server.idle_seconds)
+
     def do_GET(self) -> None:
         endpoint = "other"
         try:
@@ -344,8 +358,72 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class SearchServer(health.HttpServer):
-    """`serve`'s server, on an IPv4 or IPv6 address."""
+    """`serve`'s server, on an IPv4 or IPv6 address.
 
-    def __init__(self, address: tuple[str, int], service: SearchService) -> None:
+    Each connection has a thread, so connections are bounded: beyond `max_connections`
+    a new one gets a 503 and is closed at once, and a connection that sends nothing
+    (an idle keep-alive, a half-sent request) or reads nothing for `idle_seconds` is
+    closed, so idle clients cannot hold every thread.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        service: SearchService,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
         self.service = service
+        self.max_connections = max_connections
+        self.idle_seconds = idle_seconds
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._open = 0
+        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def connections(self) -> int:
+        """How many connections have a thread now."""
+        with self._open_lock:
+            return self._open
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's thread, or refuse it when every slot is taken."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        with self._open_lock:
+            self._open += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._open_lock:
+            self._open -= 1
+        self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        # In the accepting thread: a few hundred bytes always fit the new socket's send
+        # buffer, and the timeout bounds the rare case where they do not.
+        message = f"too many connections (serve takes {self.max_connections}); try again"
+        body = json.dumps({"error": message}).encode() + b"\n"
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        log.debug("refused a connection: %d open", self.max_connections)
+        try:
+            request.settimeout(1.0)
+            request.sendall(head.encode() + body)
+        except OSError:
+            pass  # the client is gone already
+        self.shutdown_request(request)

@@ -32,9 +32,12 @@ HEARTBEAT_TIMEOUT = 60.0  # unused by serve's /livez, required by HealthState
 
 
 @contextlib.contextmanager
-def running(config: Settings, host: str, port: int) -> Iterator[search_api.SearchServer]:
+def running(
+    config: Settings, host: str, port: int, **limits: Any
+) -> Iterator[search_api.SearchServer]:
     """The server, answering in a thread while the block runs (port 0: any free port,
-    read it from `server.server_address`)."""
+    read it from `server.server_address`). `limits`: SearchServer's max_connections and
+    idle_seconds (tests make them small)."""
     url = db.resolve_read_url(config)  # a replica where ARGUS_READ_DATABASE_URL names one
     # Fails early, with the exit code 78 the CLI gives ConfigErrors, on an unmigrated schema.
     with common.connect_read(config) as connection:
@@ -69,7 +72,7 @@ def running(config: Settings, host: str, port: int) -> Iterator[search_api.Searc
             state=state,
         )
         try:
-            server = search_api.SearchServer((host, port), service)
+            server = search_api.SearchServer((host, port), service, **limits)
         except OSError as error:
             raise errors.ConfigError(
                 f"cannot listen on {host}:{port} ({error.strerror or error}); pick --port"
