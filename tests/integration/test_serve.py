@@ -9,14 +9,17 @@ import logging
 import os
 import signal
 import socket
+import struct
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
+import argus_embedder
 from argus_embedder import cli, errors, settings
 from argus_embedder.commands import serve
 from tests import support
@@ -391,23 +394,115 @@ def test_an_unexpected_error_is_a_500_without_a_traceback(
     assert "encoder exploded" in caplog.text  # the log has it, the client does not
 
 
-def test_health_and_metrics(port: int, tiny_siglip_dir: Path) -> None:
+def exposed_samples(port: int) -> dict[str, float]:
+    """/metrics as {'name{labels}': value}."""
+    status, headers, body = get(port, "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def sample(samples: dict[str, float], name: str, **labels: str) -> float:
+    """One sample's value (labels in any order), 0.0 when absent."""
+    for key, value in samples.items():
+        base, _, rest = key.partition("{")
+        pairs = set(rest.rstrip("}").split(",")) - {""}
+        if base == name and pairs == {f'{k}="{v}"' for k, v in labels.items()}:
+            return value
+    return 0.0
+
+
+def test_health_and_metrics(
+    port: int, tiny_siglip_dir: Path, conn: psycopg.Connection[Any]
+) -> None:
+    """Issue 29: serve's /metrics exported the daemon's job, frame and queue series as
+    zeros and no build info; now it has its own series only."""
     assert get(port, "/livez")[:3:2] == (200, b"ok\n")
     status, _, body = get(port, "/readyz")
     verdict = json.loads(body)
     assert status == 200 and (verdict["ready"], verdict["reason"]) == (True, "ok")
     assert verdict["details"] == {"model": str(tiny_siglip_dir)}
+    before = exposed_samples(port)
     assert get(port, search_path(q="beach"))[0] == 200
     assert get(port, "/frames/abc")[0] == 400
-    exposed = get(port, "/metrics")[2].decode()
-    for line in (
-        'argus_embedder_search_requests_total{code="200",endpoint="search"}',
-        'argus_embedder_search_requests_total{code="400",endpoint="frames"}',
-        "argus_embedder_search_seconds_count",
-        "argus_embedder_search_encode_seconds_count",
-    ):
-        [sample] = [text for text in exposed.splitlines() if text.startswith(line)]
-        assert float(sample.split()[-1]) >= 1, sample
+    [frame_id, *_] = frame_ids(conn, "clip")
+    assert get(port, f"/frames/{frame_id}")[0] == 200
+    assert get(port, f"/frames/{frame_id}?width=64")[0] == 200
+    after = exposed_samples(port)
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert grew("argus_embedder_search_requests_total", endpoint="search", code="200") == 1
+    assert grew("argus_embedder_search_requests_total", endpoint="frames", code="400") == 1
+    assert grew("argus_embedder_search_requests_total", endpoint="frames", code="200") == 2
+    assert grew("argus_embedder_search_seconds_count") == 1
+    assert grew("argus_embedder_search_encode_seconds_count") == 1
+    assert grew("argus_embedder_served_frames_total", size="original") == 1
+    assert grew("argus_embedder_served_frames_total", size="scaled") == 1
+    assert sample(after, "argus_embedder_search_connections") >= 1  # this scrape's
+    build = [key for key in after if key.startswith("argus_embedder_build_info{")]
+    assert len(build) == 1 and f'model="{tiny_siglip_dir}"' in build[0], build
+    assert 'device="cpu"' in build[0] and f'version="{argus_embedder.__version__}"' in build[0]
+    families = {key.partition("{")[0] for key in after if key.startswith("argus_embedder_")}
+    for prefix in ("jobs_", "frames_", "queue_", "ready", "loop_", "stage_", "cuda_", "batch_"):
+        leaked = {name for name in families if name.startswith("argus_embedder_" + prefix)}
+        assert not leaked, leaked
+    assert any(key.startswith("process_resident_memory_bytes") for key in after)
+
+
+def test_a_client_that_hangs_up_is_no_server_error(
+    frames: Path,
+    conn: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 29: a client resetting the connection mid-answer was counted as a 500 and
+    logged with a traceback. A raw socket reads the start of a large frame, then resets
+    (SO_LINGER 0); another resets halfway through its request: nothing counted as an
+    error, nothing logged above DEBUG, nothing on stderr."""
+    from PIL import Image
+
+    large = frames / "large.png"
+    noise = np.random.default_rng(0).integers(0, 255, (3000, 3000, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(large, "PNG", compress_level=0)  # ~27 MB
+    support.add_video(conn, "large", [large.as_uri()], enqueue=False)
+    [frame_id] = frame_ids(conn, "large")
+    capsys.readouterr()
+    with serve.running(settings.load(), "127.0.0.1", 0) as server:
+        port = int(server.server_address[1])
+        caplog.clear()
+        before = exposed_samples(port)
+        for request in (f"GET /frames/{frame_id} HTTP/1.1\r\nHost: s\r\n\r\n", ""):
+            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.settimeout(30)
+            client.connect(("127.0.0.1", port))
+            if request:
+                client.sendall(request.encode())
+                assert client.recv(4096).startswith(b"HTTP/1.1 200 OK")
+            else:  # a reset while the request is being read
+                client.sendall(b"GET /frames/")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # RST, with most of the image unsent
+            support.wait_for(lambda: server.connections() == 0, 60, "the server to notice")
+        after = exposed_samples(port)
+        assert get(port, f"/frames/{frame_id}")[2] == large.read_bytes()  # still serving
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    requests = "argus_embedder_search_requests_total"
+    for endpoint in ("frames", "other"):
+        assert grew(requests, endpoint=endpoint, code="500") == 0, endpoint
+    assert grew(requests, endpoint="frames", code="200") == 1  # the answer it began
+    assert grew("argus_embedder_served_frames_total", size="original") == 0  # never whole
+    assert [r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG] == []
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_serves_as_a_login_role_holding_only_argus_reader(

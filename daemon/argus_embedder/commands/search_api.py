@@ -21,8 +21,10 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 import time
+import typing
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -34,10 +36,10 @@ import psycopg_pool
 from PIL import Image
 
 from argus_embedder import errors
-from argus_embedder.commands import search, thumbnail
+from argus_embedder.commands import search, serve_metrics, thumbnail
 from argus_embedder.gateways import frames
 from argus_embedder.pipeline import images, storage
-from argus_embedder.runtime import health, metrics
+from argus_embedder.runtime import health
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,18 @@ class _HttpError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+# What a client that hangs up or stops reading raises in the middle of an answer.
+CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+
+
+class FrameImage(typing.NamedTuple):
+    """What /frames/ID sends: the bytes, their Content-Type, and whether they were scaled."""
+
+    data: bytes
+    content_type: str
+    size: str  # serve_metrics.FRAME_SIZES
 
 
 class SearchService:
@@ -138,7 +152,7 @@ class SearchService:
                 raise _HttpError(400, "unknown project")
             encode_started = time.perf_counter()
             vector = self.encode(text)
-            metrics.SEARCH_ENCODE_SECONDS.observe(time.perf_counter() - encode_started)
+            serve_metrics.SEARCH_ENCODE_SECONDS.observe(time.perf_counter() - encode_started)
             try:
                 found = search.found(
                     connection,
@@ -151,10 +165,10 @@ class SearchService:
                 )
             except errors.UserInputError as error:
                 raise _HttpError(400, str(error)) from error
-        metrics.SEARCH_SECONDS.observe(time.perf_counter() - started)
+        serve_metrics.SEARCH_SECONDS.observe(time.perf_counter() - started)
         return search.as_json(found)
 
-    def frame(self, raw_id: str, query_string: str = "") -> tuple[bytes, str]:
+    def frame(self, raw_id: str, query_string: str = "") -> FrameImage:
         """The image of frame `raw_id` (the path's last segment, untrusted) and its
         Content-Type, scaled down to `?width=N` pixels when asked."""
         if not _FRAME_ID.fullmatch(raw_id):
@@ -183,13 +197,15 @@ class SearchService:
             log.info("frame %s: its file is not an image of a format the daemon decodes", raw_id)
             raise _HttpError(404, "the frame's file is not an image")
         if width is None:
-            return data, kind
+            return FrameImage(data, kind, "original")
         try:
             scaled = thumbnail.scale(data, width)
         except errors.FrameError as error:
             log.info("frame %s: cannot scale: %s", raw_id, error)
             raise _HttpError(404, "the frame's image cannot be decoded") from error
-        return scaled, kind if scaled is data else "image/jpeg"
+        if scaled is data:  # no wider than asked: the frame itself
+            return FrameImage(data, kind, "original")
+        return FrameImage(scaled, "image/jpeg", "scaled")
 
 
 def content_type(data: bytes) -> str | None:
@@ -278,10 +294,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(endpoint, _Answer(200, "application/json", body))
             elif path.startswith("/frames/"):
                 endpoint = "frames"
-                data, kind = self.server.service.frame(path.removeprefix("/frames/"), split.query)
+                image = self.server.service.frame(path.removeprefix("/frames/"), split.query)
                 # A frame's bytes never change for its id.
                 cache = "private, max-age=86400"
-                self._send(endpoint, _Answer(200, kind, data, cache=cache))
+                answer = _Answer(200, image.content_type, image.data, cache=cache)
+                if self._send(endpoint, answer):
+                    serve_metrics.FRAMES_SERVED.labels(image.size).inc()
             elif path in PAGE_FILES:
                 name, kind = PAGE_FILES[path]
                 # Revalidated, not stored: a new version's page never meets an old script.
@@ -312,7 +330,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return _Answer(200 if ready else 503, "application/json", payload)
         if path == "/metrics":
             state.ready()  # refresh the ready gauge (cached check)
-            return _Answer(200, metrics.CONTENT_TYPE, metrics.render())
+            return _Answer(200, serve_metrics.CONTENT_TYPE, serve_metrics.render())
         raise _HttpError(404, "not found: try / (the search page), /search?q=TEXT or /frames/ID")
 
     def _not_allowed(self) -> None:
@@ -333,10 +351,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = json.dumps({"error": message}).encode() + b"\n"
         self._send(endpoint, _Answer(code, "application/json", body), allow=allow)
 
-    def _send(self, endpoint: str, answer: _Answer, *, allow: str | None = None) -> None:
+    def _send(self, endpoint: str, answer: _Answer, *, allow: str | None = None) -> bool:
+        """Send `answer`; False when the client hung up (or stopped reading) before it had
+        all of it: no error of ours, so no 500 and no traceback, and the connection closes."""
         code = answer.code
-        label = str(code) if str(code) in metrics.SEARCH_CODES else "400"
-        metrics.SEARCH_REQUESTS.labels(endpoint, label).inc()
+        serve_metrics.count_request(endpoint, code)
         self.send_response(code)
         self.send_header("Content-Type", answer.kind)
         self.send_header("Content-Length", str(len(answer.body)))
@@ -348,9 +367,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Referrer-Policy", "no-referrer")
         if allow is not None:
             self.send_header("Allow", allow)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(answer.body)
+        try:
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(answer.body)
+        except CLIENT_GONE as error:
+            self.close_connection = True
+            log.debug("%s: the client left mid-answer (%s)", endpoint, type(error).__name__)
+            return False
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Per-request lines at DEBUG: the counters in /metrics are the record."""
@@ -387,6 +412,14 @@ class SearchServer(health.HttpServer):
         with self._open_lock:
             return self._open
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection's unexpected error: to the log, not stderr; a client that left
+        while its request was being read is no error at all."""
+        if isinstance(sys.exc_info()[1], CLIENT_GONE):
+            log.debug("a client left while its request was read")
+            return
+        log.exception("unexpected error on a connection")
+
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start the connection's thread, or refuse it when every slot is taken."""
         if not self._slots.acquire(blocking=False):
@@ -420,6 +453,7 @@ class SearchServer(health.HttpServer):
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
         )
+        serve_metrics.count_request("other", 503)
         log.debug("refused a connection: %d open", self.max_connections)
         try:
             request.settimeout(1.0)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from argus_embedder import db, errors
-from argus_embedder.commands import common, demo_model, search_api
+from argus_embedder import __version__, db, errors
+from argus_embedder.commands import common, demo_model, search_api, serve_metrics
 from argus_embedder.pipeline import embedder, storage
 from argus_embedder.runtime import health, shutdown
 from argus_embedder.settings import Settings
@@ -78,6 +78,8 @@ def running(
                 f"cannot listen on {host}:{port} ({error.strerror or error}); pick --port"
             ) from error
         _say_file_roots(config)
+        serve_metrics.set_build_info(__version__, config.model, encoder.device)
+        serve_metrics.watch_connections(server.connections)
         thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="argus-serve"
         )
