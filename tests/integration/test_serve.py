@@ -21,7 +21,7 @@ import pytest
 
 import argus_embedder
 from argus_embedder import cli, errors, settings
-from argus_embedder.commands import serve
+from argus_embedder.commands import search, serve
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 from tests.integration.test_roles import Login, login  # noqa: F401 - the fixture
@@ -133,6 +133,32 @@ def test_bad_input_is_a_400_with_a_json_error(port: int, path: str, message: str
     status, headers, body = get(port, path)
     assert (status, headers["Content-Type"]) == (400, "application/json")
     assert message in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("character", ["x", "€", "検", "😀"])
+def test_queries_up_to_the_documented_limit_work_in_any_script(port: int, character: str) -> None:
+    """Issue 30: a 10,000-character query of '€' (90,000 bytes percent-encoded) got
+    http.server's 414 although 10,000 characters is the documented limit. Now q works up
+    to the limit in any script (4-byte characters with filters too), and one character
+    more is a 400 naming it."""
+    text = character * search.MAX_TEXT
+    status, headers, body = get(port, search_path(q=text, limit="3", project="p1", video="clip"))
+    assert (status, headers["Content-Type"]) == (200, "application/json"), body[:300]
+    assert len(json.loads(body)) == 3
+    status, headers, body = get(port, search_path(q=text + character))
+    assert (status, headers["Content-Type"]) == (400, "application/json")
+    assert json.loads(body) == {"error": "search text is longer than 10000 characters"}
+
+
+def test_a_request_line_over_the_limit_is_a_414_naming_it(port: int) -> None:
+    status, headers, body = get(port, search_path(q="x", video="v" * 131_072))
+    assert (status, headers["Content-Type"]) == (414, "application/json")
+    assert json.loads(body) == {
+        "error": "the request line is longer than 131072 bytes: q may hold at most 10000 "
+        "characters (120000 bytes percent-encoded)"
+    }
+    assert get(port, search_path(q="x" * 60_000, video="v" * 70_000))[0] == 400  # under it
+    assert get(port, "/livez")[0] == 200
 
 
 def test_unknown_paths_methods_and_frames(port: int) -> None:
