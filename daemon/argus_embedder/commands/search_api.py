@@ -512,6 +512,10 @@ class SearchServer(health.HttpServer):
         try:
             request.settimeout(1.0)
             request.sendall(head.encode() + body)
+            # A request already here, left unread, would make the close a reset that
+            # can overtake the 503 on its way; what comes later meets a closed socket.
+            request.setblocking(False)
+            request.recv(65536)
         except OSError:
-            pass  # the client is gone already
+            pass  # nothing to read yet, or the client is gone already
         self.shutdown_request(request)
