@@ -66,6 +66,13 @@ VARIABLES: tuple[Variable, ...] = (
         "PostgreSQL URL that search, serve and status read from (a streaming replica); "
         "unset: they read from ARGUS_DATABASE_URL",
     ),
+    Variable(
+        "ARGUS_FILE_ROOTS",
+        "file_roots",
+        None,
+        "':'-separated directories, the only places file:// and bare-path frames are read "
+        "from; unset: any regular file",
+    ),
 )
 
 
@@ -87,6 +94,7 @@ class Settings:
     decode_processes: int | None = None  # None: automatic (preparing.processes)
     read_database_url: str | None = None  # None: reads go to database_url
     decode: str = "auto"  # auto | cpu | gpu (pipeline.decoding chooses at start-up)
+    file_roots: tuple[str, ...] | None = None  # None: local frames may be read from anywhere
 
     def __repr__(self) -> str:  # never print the database password
         fields = dataclasses.asdict(self)
@@ -176,7 +184,23 @@ def _validate(raw: Mapping[str, str | None]) -> Settings:
         ),
         read_database_url=_database_url(raw, "ARGUS_READ_DATABASE_URL", "read_database_url"),
         decode=decode,
+        file_roots=_file_roots(raw["file_roots"]),
     )
+
+
+def _file_roots(text: str | None) -> tuple[str, ...] | None:
+    """ARGUS_FILE_ROOTS as absolute directory names (whether they exist is checked where
+    frames are read: `status` on another host need not have them)."""
+    if text is None:
+        return None
+    roots = tuple(text.split(":"))
+    for root in roots:
+        if not root.startswith("/"):
+            raise errors.ConfigError(
+                f"ARGUS_FILE_ROOTS={text!r}: every entry must be an absolute directory, "
+                f"not {root!r}"
+            )
+    return roots
 
 
 def _database_url(raw: Mapping[str, str | None], env: str, field: str) -> str | None:

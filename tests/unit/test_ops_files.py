@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from argus_embedder import settings
+from argus_embedder.commands import serve_metrics
 from argus_embedder.runtime import metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +42,8 @@ INSTANCE_KEYS = {
     "Environment=ARGUS_METRICS_PORT",
     "EnvironmentFile=-/etc/argus-embedder/argus-embedder@%i.env",
 }
+# The daemon's registry and serve's (its own series only, commands/serve_metrics.py).
+REGISTRIES = (metrics.REGISTRY, serve_metrics.REGISTRY)
 METRIC_NAME = re.compile(r"\b((?:argus_embedder|process|python)_[a-z0-9_]+)\b")
 MAX_EXPOSURE = 2.0
 DRAIN_SECONDS = 120  # TimeoutStopSec: Docker/compose grace periods must be at least this
@@ -69,9 +72,10 @@ def _yaml(path: Path) -> Any:
 
 @functools.cache
 def _known_metric_names() -> frozenset[str]:
-    """Every series name the daemon can expose, histograms' and counters' suffixes included."""
+    """Every series name the daemon or serve can expose, histograms' and counters'
+    suffixes included."""
     names: set[str] = set()
-    for family in metrics.REGISTRY.collect():
+    for family in (family for registry in REGISTRIES for family in registry.collect()):
         names.add(family.name)
         names.update(sample.name for sample in family.samples)
         if family.type == "counter":
@@ -135,13 +139,26 @@ def test_promtool_checks_the_compose_prometheus_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_prometheus_scrapes_the_daemons_and_serve_under_the_rules_job_names() -> None:
+    jobs = {
+        job["job_name"]: job
+        for job in _yaml(REPO / "monitoring" / "prometheus.yml")["scrape_configs"]
+    }
+    assert set(jobs) == {"argus-embedder", "argus-embedder-serve"}
+    [serve] = jobs["argus-embedder-serve"]["static_configs"]
+    assert serve["targets"] == ["serve:8478"]  # compose's serve service and port
+    rules = RULES.read_text()
+    assert 'job="argus-embedder-serve"' in rules and 'job="argus-embedder"' in rules
+
+
 def test_every_alert_is_complete() -> None:
     rules = _alert_rules()
     assert {rule["alert"] for rule in rules} >= {
         "ArgusEmbedderDown", "ArgusEmbedderNotReady", "ArgusEmbedderQueueGrowing",
         "ArgusEmbedderOldestJobTooOld", "ArgusEmbedderHighFrameErrorRate", "ArgusEmbedderCudaOOM",
         "ArgusEmbedderNoProgressWhileJobsWait", "ArgusEmbedderLoopStalled",
-        "ArgusEmbedderJobsFailing",
+        "ArgusEmbedderJobsFailing", "ArgusEmbedderServeDown", "ArgusEmbedderServeErrors",
+        "ArgusEmbedderServeSlowSearch",
     }  # fmt: skip
     anchors = _anchors()
     for rule in rules:
@@ -220,7 +237,10 @@ def test_dashboard_queries_only_metrics_the_daemon_exports() -> None:
         used.update(METRIC_NAME.findall(expression))
     # Every metric of ours is on the dashboard somewhere.
     ours = {
-        family.name for family in metrics.REGISTRY.collect() if family.name.startswith("argus_")
+        family.name
+        for registry in REGISTRIES
+        for family in registry.collect()
+        if family.name.startswith("argus_")
     }
     shown = {
         name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for name in used
@@ -432,7 +452,7 @@ def test_compose_stack_hangs_together() -> None:
 
 def test_operations_doc_explains_every_metric_and_alert() -> None:
     text = OPERATIONS.read_text()
-    for family in metrics.REGISTRY.collect():
+    for family in (family for registry in REGISTRIES for family in registry.collect()):
         if family.name.startswith("argus_embedder_"):
             assert family.name.removesuffix("_total") in text, family.name
     anchors = _anchors()

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from argus_embedder import db, errors
-from argus_embedder.commands import common, demo_model, search_api
+from argus_embedder import __version__, db, errors
+from argus_embedder.commands import common, demo_model, search_api, serve_metrics
 from argus_embedder.pipeline import embedder, storage
 from argus_embedder.runtime import health, shutdown
 from argus_embedder.settings import Settings
@@ -32,9 +32,12 @@ HEARTBEAT_TIMEOUT = 60.0  # unused by serve's /livez, required by HealthState
 
 
 @contextlib.contextmanager
-def running(config: Settings, host: str, port: int) -> Iterator[search_api.SearchServer]:
+def running(
+    config: Settings, host: str, port: int, **limits: Any
+) -> Iterator[search_api.SearchServer]:
     """The server, answering in a thread while the block runs (port 0: any free port,
-    read it from `server.server_address`)."""
+    read it from `server.server_address`). `limits`: SearchServer's max_connections and
+    idle_seconds (tests make them small)."""
     url = db.resolve_read_url(config)  # a replica where ARGUS_READ_DATABASE_URL names one
     # Fails early, with the exit code 78 the CLI gives ConfigErrors, on an unmigrated schema.
     with common.connect_read(config) as connection:
@@ -69,11 +72,14 @@ def running(config: Settings, host: str, port: int) -> Iterator[search_api.Searc
             state=state,
         )
         try:
-            server = search_api.SearchServer((host, port), service)
+            server = search_api.SearchServer((host, port), service, **limits)
         except OSError as error:
             raise errors.ConfigError(
                 f"cannot listen on {host}:{port} ({error.strerror or error}); pick --port"
             ) from error
+        _say_file_roots(config)
+        serve_metrics.set_build_info(__version__, config.model, encoder.device)
+        serve_metrics.watch_connections(server.connections)
         thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="argus-serve"
         )
@@ -85,6 +91,16 @@ def running(config: Settings, host: str, port: int) -> Iterator[search_api.Searc
             server.shutdown()
             server.server_close()
             thread.join(timeout=5)
+
+
+def _say_file_roots(config: Settings) -> None:
+    if config.file_roots is None:
+        log.warning(
+            "ARGUS_FILE_ROOTS is unset: /frames/ID serves any image file this process can "
+            "read that a frame row names; set it to the directories that hold local frames"
+        )
+    else:
+        log.info("local frames are read only under %s", ", ".join(config.file_roots))
 
 
 def main(args: argparse.Namespace, config: Settings) -> int:

@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import re
+import stat
 import threading
 import urllib.parse
 import urllib.request
@@ -63,6 +64,12 @@ _TRANSIENT_S3_CODES = {
     "AuthorizationHeaderMalformed",
     "AuthorizationQueryParametersError",
 }
+# Kernel pseudo-files (/proc/self/environ, /sys/...) are never frames, whatever a row says.
+_PSEUDO_FILE_SYSTEMS = ("/proc", "/sys")
+# O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer (it is then
+# refused as not a regular file); O_NOFOLLOW: the last component is not a symlink.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _URL_SECONDS = 900  # a presigned URL is used at once; this only bounds clock skew
 _ERROR_BODY_BYTES = 64 * 1024
 _CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
@@ -108,6 +115,10 @@ def parse_uri(uri: str, default_bucket: str | None) -> Location:
     return Location(default_bucket, uri, None)
 
 
+class OutsideRoots(errors.FrameError):
+    """A `file://` or bare-path frame whose real path is under none of ARGUS_FILE_ROOTS."""
+
+
 def _short(uri: str) -> str:
     return repr(uri if len(uri) <= 200 else uri[:200] + "…")
 
@@ -140,6 +151,7 @@ class Storage:
             "read_timeout": read_timeout,
         }
         self._bucket = settings.s3_bucket
+        self._roots = _real_roots(settings.file_roots)
         self._signer: Any = boto3.session.Session().client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
@@ -167,7 +179,7 @@ class Storage:
         """The bytes behind `uri`. Raises FrameError (never succeeds) or TransientError."""
         location = parse_uri(uri, self._bucket)
         if location.path is not None:
-            return _read_file(location.path)
+            return _read_file(location.path, self._roots)
         assert location.bucket is not None and location.key is not None
         bucket, key = location.bucket, location.key
         self._local.retries = 0
@@ -262,17 +274,83 @@ def _error_code(body: bytes) -> str:
     return match.group(1).decode("ascii", "replace") if match else ""
 
 
-def _read_file(path: Path) -> bytes:
+def _real_roots(roots: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """ARGUS_FILE_ROOTS with symlinks resolved; ConfigError for one that is no directory
+    (a typo would otherwise give every local frame a permanent error row)."""
+    if roots is None:
+        return None
+    real = tuple(os.path.realpath(root) for root in roots)
+    for given, resolved in zip(roots, real, strict=True):
+        if not os.path.isdir(resolved):
+            raise errors.ConfigError(f"ARGUS_FILE_ROOTS: {given} is not a directory")
+    return real
+
+
+def _root_of(real: str, roots: tuple[str, ...]) -> str | None:
+    """The root `real` (a resolved path) lies under, if any."""
+    for root in roots:
+        if real == root or real.startswith(root.rstrip("/") + "/"):
+            return root
+    return None
+
+
+def _read_file(path: Path, roots: tuple[str, ...] | None) -> bytes:
+    """A local frame's bytes: a regular file, under one of `roots` when they are set.
+
+    The path is resolved first (symlinks, `..`), so a symlink inside a root that points out
+    of it is outside; the resolved path is then opened one component at a time without
+    following links, so a symlink swapped in after the check cannot lead elsewhere.
+    """
+    real = os.path.realpath(path)
+    root = None
+    if roots is not None:
+        root = _root_of(real, roots)
+        if root is None:
+            raise OutsideRoots(f"{path}: outside ARGUS_FILE_ROOTS")
+    if _root_of(real, _PSEUDO_FILE_SYSTEMS) is not None:
+        raise errors.FrameError(f"{path}: a kernel pseudo-file, not a frame")
     try:
-        size = os.stat(path).st_size
-        if size > MAX_OBJECT_BYTES:
-            raise errors.FrameError(f"{path}: {size} bytes, over the {MAX_OBJECT_BYTES} limit")
-        return path.read_bytes()
+        descriptor = _open_beneath(root or "/", real)
+        try:
+            return _read_regular(descriptor, path)
+        finally:
+            os.close(descriptor)
     except FileNotFoundError:
         raise errors.FrameError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise errors.FrameError(f"{path}: is a directory") from None
     except PermissionError:
         raise errors.FrameError(f"{path}: permission denied") from None
-    except (OSError, ValueError) as error:
-        raise errors.FrameError(f"{path}: {error}") from None
+    except OSError as error:  # ELOOP, ENOTDIR: a symlink appeared after the check
+        raise errors.FrameError(f"{path}: {error.strerror or error}") from None
+
+
+def _open_beneath(root: str, real: str) -> int:
+    """Open `real` (under `root`) walking down from `root`, following no symlink."""
+    relative = os.path.relpath(real, root)
+    parts = [] if relative == "." else relative.split(os.sep)
+    if not parts:
+        return os.open(root, _FILE_FLAGS)
+    directory = os.open(root, _DIRECTORY_FLAGS)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, _DIRECTORY_FLAGS, dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        return os.open(parts[-1], _FILE_FLAGS, dir_fd=directory)
+    finally:
+        os.close(directory)
+
+
+def _read_regular(descriptor: int, path: Path) -> bytes:
+    info = os.fstat(descriptor)
+    if stat.S_ISDIR(info.st_mode):
+        raise errors.FrameError(f"{path}: is a directory")
+    if not stat.S_ISREG(info.st_mode):  # a FIFO, a socket, a device
+        raise errors.FrameError(f"{path}: not a regular file")
+    if info.st_size > MAX_OBJECT_BYTES:
+        raise errors.FrameError(f"{path}: {info.st_size} bytes, over the {MAX_OBJECT_BYTES} limit")
+    os.set_blocking(descriptor, True)
+    with os.fdopen(descriptor, "rb", closefd=False) as file:
+        data = file.read(MAX_OBJECT_BYTES + 1)  # a file that grew since fstat
+    if len(data) > MAX_OBJECT_BYTES:
+        raise errors.FrameError(f"{path}: over the {MAX_OBJECT_BYTES} byte limit")
+    return data
