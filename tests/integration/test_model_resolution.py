@@ -117,3 +117,18 @@ def test_a_cached_hub_model_loads_offline_when_the_hub_is_unreachable(
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "no frames found"
     assert "Traceback" not in result.stderr and "WARNING" not in result.stderr, result.stderr
+
+
+def test_search_on_a_cpu_machine_prints_nothing_on_stderr_regression_issue30(
+    database_url: str, tiny_siglip_dir: Path, tmp_path: Path
+) -> None:
+    """Before: every CPU `search` (and `serve`) logged "ARGUS_DEVICE=auto found no CUDA
+    device; running on CPU": a text query on a CPU is no news. Only the daemon's image
+    tower says it, and torch's own probe warnings are silenced unless ARGUS_DEVICE=cuda."""
+    env = newcomer_env(tmp_path, ARGUS_DATABASE_URL=database_url, ARGUS_MODEL=str(tiny_siglip_dir))
+    env["HF_HUB_OFFLINE"] = "1"
+    migrated = run_cli(env, "migrate", "--model", str(tiny_siglip_dir))
+    assert migrated.returncode == 0, migrated.stderr
+    result = run_cli(env, "search", "a dog")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
