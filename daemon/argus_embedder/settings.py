@@ -15,14 +15,34 @@ DEFAULT_MODEL = "google/siglip2-base-patch16-224"
 DEVICES = ("auto", "cpu", "cuda")
 
 
+# Which commands read a variable, so that each command's --help (and its flags) lists
+# only those: a Variable names its readers in `commands`; None means every command.
+DATABASE_COMMANDS = frozenset(
+    {"migrate", "run", "enqueue", "ingest", "status", "search", "serve", "project"}
+    | {"cancel", "retry", "backfill", "prune", "bench"}
+)  # `demo` always uses the embedded server
+MODEL_COMMANDS = frozenset(
+    {"migrate", "run", "status", "search", "serve", "project", "backfill", "prune", "demo"}
+    | {"bench"}
+)
+DEVICE_COMMANDS = frozenset({"run", "search", "serve", "demo", "bench"})
+STORAGE_COMMANDS = frozenset({"run", "serve"})  # they read frame images
+DAEMON_COMMANDS = frozenset({"run"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Variable:
-    """One ARGUS_* variable: its settings field, CLI flag and default (as text)."""
+    """One ARGUS_* variable: its settings field, CLI flag, default (as text) and the
+    commands that read it (None: every command)."""
 
     env: str
     field: str
     default: str | None
     help: str
+    commands: frozenset[str] | None = None
+
+    def read_by(self, command: str) -> bool:
+        return self.commands is None or command in self.commands
 
     @property
     def flag(self) -> str:
@@ -35,22 +55,46 @@ VARIABLES: tuple[Variable, ...] = (
         "database_url",
         None,
         "PostgreSQL URL; unset: an embedded PostgreSQL under the user data dir",
+        DATABASE_COMMANDS,
     ),
-    Variable("ARGUS_MODEL", "model", DEFAULT_MODEL, "hub id or local directory"),
-    Variable("ARGUS_DEVICE", "device", "auto", "auto | cpu | cuda | cuda:N"),
-    Variable("ARGUS_BATCH_SIZE", "batch_size", None, "frames per forward pass; unset: auto"),
-    Variable("ARGUS_S3_BUCKET", "s3_bucket", None, "bucket for bare-key image URIs"),
-    Variable("ARGUS_S3_ENDPOINT_URL", "s3_endpoint_url", None, "S3-compatible endpoint"),
-    Variable("ARGUS_METRICS_PORT", "metrics_port", "9478", "HTTP port; 0 disables"),
-    Variable("ARGUS_LEASE_SECONDS", "lease_seconds", "60", "job lease length"),
-    Variable("ARGUS_POLL_INTERVAL", "poll_interval", "5", "seconds between polls"),
-    Variable("ARGUS_WORKER_ID", "worker_id", None, "default hostname:pid"),
-    Variable("ARGUS_RECONCILE_INTERVAL", "reconcile_interval", "300", "seconds; 0 disables"),
+    Variable("ARGUS_MODEL", "model", DEFAULT_MODEL, "hub id or local directory", MODEL_COMMANDS),
+    Variable("ARGUS_DEVICE", "device", "auto", "auto | cpu | cuda | cuda:N", DEVICE_COMMANDS),
+    Variable(
+        "ARGUS_BATCH_SIZE",
+        "batch_size",
+        None,
+        "frames per forward pass; unset: auto",
+        frozenset({"run", "search", "demo", "bench"}),
+    ),
+    Variable(
+        "ARGUS_S3_BUCKET", "s3_bucket", None, "bucket for bare-key image URIs", STORAGE_COMMANDS
+    ),
+    Variable(
+        "ARGUS_S3_ENDPOINT_URL",
+        "s3_endpoint_url",
+        None,
+        "S3-compatible endpoint",
+        STORAGE_COMMANDS,
+    ),
+    Variable(
+        "ARGUS_METRICS_PORT", "metrics_port", "9478", "HTTP port; 0 disables", DAEMON_COMMANDS
+    ),
+    Variable("ARGUS_LEASE_SECONDS", "lease_seconds", "60", "job lease length", DAEMON_COMMANDS),
+    Variable("ARGUS_POLL_INTERVAL", "poll_interval", "5", "seconds between polls", DAEMON_COMMANDS),
+    Variable("ARGUS_WORKER_ID", "worker_id", None, "default hostname:pid", DAEMON_COMMANDS),
+    Variable(
+        "ARGUS_RECONCILE_INTERVAL",
+        "reconcile_interval",
+        "300",
+        "seconds; 0 disables",
+        DAEMON_COMMANDS,
+    ),
     Variable(
         "ARGUS_DECODE_PROCESSES",
         "decode_processes",
         None,
         "fetch+decode processes; 0: threads in the daemon; unset: one per core, at most 16",
+        frozenset({"run", "bench"}),
     ),
     Variable(
         "ARGUS_READ_DATABASE_URL",
@@ -58,6 +102,7 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "PostgreSQL URL that search, serve and status read from (a streaming replica); "
         "unset: they read from ARGUS_DATABASE_URL",
+        frozenset({"search", "serve", "status"}),
     ),
 )
 
