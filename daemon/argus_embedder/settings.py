@@ -79,6 +79,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "ARGUS_METRICS_PORT", "metrics_port", "9478", "HTTP port; 0 disables", DAEMON_COMMANDS
     ),
+    Variable(
+        "ARGUS_METRICS_HOST",
+        "metrics_host",
+        "0.0.0.0",  # noqa: S104 - scraped by Prometheus from another host, as exporters are
+        "address the daemon's /metrics, /livez, /readyz listen on; 127.0.0.1: this host only",
+        DAEMON_COMMANDS,
+    ),
     Variable("ARGUS_LEASE_SECONDS", "lease_seconds", "60", "job lease length", DAEMON_COMMANDS),
     Variable("ARGUS_POLL_INTERVAL", "poll_interval", "5", "seconds between polls", DAEMON_COMMANDS),
     Variable("ARGUS_WORKER_ID", "worker_id", None, "default hostname:pid", DAEMON_COMMANDS),
@@ -118,6 +125,7 @@ class Settings:
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
     metrics_port: int = 9478
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - see ARGUS_METRICS_HOST
     lease_seconds: float = 60.0
     poll_interval: float = 5.0
     worker_id: str = dataclasses.field(default_factory=lambda: default_worker_id())
@@ -199,6 +207,7 @@ def _validate(raw: Mapping[str, str | None]) -> Settings:
         s3_endpoint_url=endpoint,
         metrics_port=_integer(raw, "ARGUS_METRICS_PORT", "metrics_port", minimum=0, maximum=65535)
         or 0,
+        metrics_host=raw["metrics_host"] or "0.0.0.0",  # noqa: S104
         lease_seconds=_number(raw, "ARGUS_LEASE_SECONDS", "lease_seconds", minimum=1),
         poll_interval=_number(raw, "ARGUS_POLL_INTERVAL", "poll_interval", minimum=0.01),
         worker_id=raw["worker_id"] or default_worker_id(),

@@ -14,7 +14,7 @@ MODEL = {"--model"}
 DEVICE = {"--device", "--batch-size"}
 S3 = {"--s3-bucket", "--s3-endpoint-url"}
 READ = {"--read-database-url"}
-DAEMON = {"--metrics-port", "--lease-seconds", "--poll-interval", "--worker-id"}
+DAEMON = {"--metrics-port", "--metrics-host", "--lease-seconds", "--poll-interval", "--worker-id"}
 DAEMON |= {"--reconcile-interval", "--decode-processes"}
 
 # The variables' flags each command reads (its own options aside).
@@ -63,3 +63,11 @@ def test_a_flag_the_command_does_not_read_is_refused(capsys: pytest.CaptureFixtu
         cli.main(["ingest", "v", "x.jpg", "--metrics-port", "1"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --metrics-port" in capsys.readouterr().err
+
+
+def test_metrics_host_defaults_to_all_interfaces_and_is_settable() -> None:
+    from argus_embedder import settings
+
+    assert settings.load({}).metrics_host == "0.0.0.0"
+    assert settings.load({"ARGUS_METRICS_HOST": "127.0.0.1"}).metrics_host == "127.0.0.1"
+    assert settings.load({}, metrics_host="::1").metrics_host == "::1"
