@@ -66,3 +66,15 @@ def test_model_files_get_the_modes_the_umask_allows(tmp_path: Path) -> None:
         os.umask(previous)
     assert weights.stat().st_mode & 0o777 == 0o644
     assert model.stat().st_mode & 0o777 == 0o755
+
+
+@needs_script
+def test_the_script_as_typed_when_not_on_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A venv reached through a symlink (`.venv -> elsewhere`) shows as the user typed it."""
+    (tmp_path / ".venv").symlink_to(SCRIPT.parent.parent)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "argv", [".venv/bin/argus-embedder", "demo"])
+    assert demo.invocation() == ".venv/bin/argus-embedder"

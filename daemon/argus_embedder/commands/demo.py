@@ -175,10 +175,12 @@ def _search(config: Settings, connection: psycopg.Connection[object]) -> None:
 
 def invocation() -> str:
     """How the user can run this same argus-embedder: its name where PATH finds this
-    installation's script; else that script's path (relative to the current directory
-    when under it, as `.venv/bin/argus-embedder` after the README's install); else
-    `python -m argus_embedder` with this interpreter."""
-    script = Path(sys.executable).parent / "argus-embedder"
+    installation's script; else that script's path as typed (`.venv/bin/argus-embedder`
+    after the README's install) or the one beside this interpreter, relative to the
+    current directory when under it; else `python -m argus_embedder`."""
+    typed = Path(sys.argv[0])  # as the user typed it: `.venv/bin/argus-embedder demo`
+    script = typed if typed.name == "argus-embedder" and typed.is_file() else None
+    script = script or Path(sys.executable).parent / "argus-embedder"
     found = shutil.which("argus-embedder")
     if found is not None and (not script.exists() or Path(found).samefile(script)):
         return "argus-embedder"
