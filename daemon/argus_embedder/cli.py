@@ -22,8 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)
     try:
+        # A command has the flags of the variables it reads (settings.Variable.commands).
         config = settings.load(
-            **{variable.field: getattr(args, variable.field) for variable in settings.VARIABLES}
+            **{
+                variable.field: getattr(args, variable.field, None)
+                for variable in settings.VARIABLES
+            }
         )
         command = importlib.import_module(f"argus_embedder.commands.{args.command}")
         main_of_command: Callable[[argparse.Namespace, Settings], int] = command.main
@@ -39,25 +43,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("configuration (each flag overrides its variable)")
-    for variable in settings.VARIABLES:
-        default = f"; default {variable.default}" if variable.default is not None else ""
-        group.add_argument(
-            variable.flag,
-            dest=variable.field,
-            default=None,
-            metavar="VALUE",
-            help=f"{variable.env}: {variable.help}{default}",
-        )
-    common.add_argument(
+    logging_flag = argparse.ArgumentParser(add_help=False)
+    logging_flag.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
 
+    def configuration(command: str) -> argparse.ArgumentParser:
+        """The flags of the variables `command` reads, and --log-level."""
+        flags = argparse.ArgumentParser(add_help=False, parents=[logging_flag])
+        read = [variable for variable in settings.VARIABLES if variable.read_by(command)]
+        if read:
+            group = flags.add_argument_group("configuration (each flag overrides its variable)")
+        for variable in read:
+            default = f"; default {variable.default}" if variable.default is not None else ""
+            group.add_argument(
+                variable.flag,
+                dest=variable.field,
+                default=None,
+                metavar="VALUE",
+                help=f"{variable.env}: {variable.help}{default}",
+            )
+        return flags
+
     parser = argparse.ArgumentParser(
         prog="argus-embedder",
-        description="Embed extracted video frames with SigLIP 2 into PostgreSQL/pgvector.",
-        parents=[common],
+        description="Embed extracted video frames with SigLIP 2 into PostgreSQL/pgvector. "
+        "Each command's --help lists the variables it reads, as flags.",
+        parents=[logging_flag],
     )
     parser.add_argument("--version", action="version", version=f"argus-embedder {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         # Each command is the module argus_embedder.commands.<name>, imported only when
         # it runs: `--help` and light commands never load torch.
-        return commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+        return commands.add_parser(
+            name, parents=[configuration(name)], help=help_text, description=help_text
+        )
 
     sub = add("migrate", "create/upgrade the schema and roles")
     sub.add_argument(
@@ -138,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = project.add_subparsers(dest="project_command", required=True, metavar="ACTION")
     sub = actions.add_parser(
         "set",
-        parents=[common],
+        parents=[configuration("project")],
         help="create or change a project's weight and cap",
         description="Create or change a project's fair-share settings; what is not given "
         "keeps its value (a new project starts at weight 1, no cap). Jobs with no project "
@@ -163,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = actions.add_parser(
         "list",
-        parents=[common],
+        parents=[configuration("project")],
         help="each project's weight, cap, jobs, frames waiting and ETA",
         description="Every project with settings or jobs waiting, biggest backlog first: "
         "weight, cap (— none), queued and running jobs, frames waiting (~: scaled up from a "

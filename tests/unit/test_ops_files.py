@@ -344,6 +344,13 @@ def test_the_serve_unit_is_hardened_like_the_daemon_without_devices() -> None:
     assert "MemoryDenyWriteExecute" not in values  # torch's CPU JIT
 
 
+@pytest.mark.parametrize("unit", [*UNITS, SERVE_UNIT])
+def test_no_unit_hides_proc_cpuinfo_regression_issue30(unit: str) -> None:
+    """ProcSubset=pid hides /proc/cpuinfo: torch's cpuinfo failed at start in the serve
+    unit (and the CUDA driver reads /proc/driver/nvidia in the daemon's)."""
+    assert "ProcSubset" not in dict(_directives(REPO / "systemd" / unit))
+
+
 def test_the_template_differs_from_the_plain_unit_only_per_instance() -> None:
     def keyed(name: str) -> set[str]:
         items = set()

@@ -88,7 +88,7 @@ def main(args: argparse.Namespace, config: Settings) -> int:
         result = backfill(
             connection,
             config.model,
-            configured_model=common.configured_model(),
+            configured_model=common.configured_model(config, connection),
             project=args.project,
             priority=priority,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import psycopg
@@ -37,9 +38,42 @@ def short(text: str, limit: int = 200) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-def configured_model() -> str:
-    """ARGUS_MODEL as the daemons see it: this command's --model names another model."""
-    return settings.load().model
+def resolve_model(
+    config: Settings,
+    connection: psycopg.Connection[Any] | None = None,
+    *,
+    loads: bool = True,
+) -> Settings:
+    """`config` with the model every command uses (run, search, serve, status, backfill):
+    ARGUS_MODEL, or on the embedded database with ARGUS_MODEL unset the model `demo`
+    embedded with (said once on stderr). With `loads` (the command loads it), a model
+    that cannot be loaded here is a ConfigError now, in about a second, before torch is
+    imported; a cached hub model with no hub in reach loads offline. `connection` is
+    asked whether the demo's model applies; without one, a connection is opened only
+    when a demo record exists."""
+    from argus_embedder import hub
+    from argus_embedder.commands import demo_model
+
+    if demo_model.may_apply(config):
+        if connection is None:
+            with connect(config) as own:
+                config = demo_model.chosen(config, own)
+        else:
+            config = demo_model.chosen(config, connection)
+    if loads:
+        hub.ensure_loadable(config.model)
+    return config
+
+
+def configured_model(
+    config: Settings | None = None, connection: psycopg.Connection[Any] | None = None
+) -> str:
+    """The daemons' model: ARGUS_MODEL (this command's --model names another model), or,
+    given `config` and `connection`, the model resolve_model() gives the daemons."""
+    model = settings.load().model
+    if config is None or connection is None:
+        return model
+    return resolve_model(dataclasses.replace(config, model=model), connection, loads=False).model
 
 
 def cannot(job_id: int, status: str | None, action: str) -> str:

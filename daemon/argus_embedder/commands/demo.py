@@ -8,7 +8,8 @@ import io
 import logging
 import os
 import random
-import socket
+import shlex
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import psycopg
 from PIL import Image, ImageDraw, ImageFilter
 
-from argus_embedder import db
+from argus_embedder import db, hub
 from argus_embedder.commands import demo_model, moments, progress, search, status
 from argus_embedder.commands import serve as serve_defaults
 from argus_embedder.gateways import frames, queue
@@ -43,7 +44,7 @@ def run(config: Settings) -> int:
     """Embed a few dozen sample frames in two videos, show status and a search as moments,
     then say what to run next. Everything lands in the embedded database that every
     command uses when ARGUS_DATABASE_URL is unset, so those next commands work as they
-    are; a second run adds nothing twice."""
+    are; a second run adds no frame, no job and no vector."""
     out = sys.stdout
     if logging.getLogger().level > logging.DEBUG:  # a progress bar says it better
         logging.getLogger("argus_embedder").setLevel(logging.WARNING)
@@ -64,8 +65,7 @@ def run(config: Settings) -> int:
     with db.connect(url, autocommit=True) as connection:
         half = len(paths) // 2
         for video_id, chunk in (("demo-video-1", paths[:half]), ("demo-video-2", paths[half:])):
-            # Existing (video, index) pairs are left alone and a job only embeds frames
-            # without a row, so a second demo adds nothing.
+            # Existing (video, index) pairs are left alone.
             frames.insert(
                 connection,
                 [
@@ -79,9 +79,21 @@ def run(config: Settings) -> int:
                     for index, path in enumerate(chunk)
                 ],
             )
-            queue.enqueue(connection, video_id, model=None, priority=0)
-        print("demo: ingested 2 videos and enqueued their jobs", file=out)
-    _embed(config, url, len(paths))
+        # A job only for a video with frames lacking the model's rows: a second demo
+        # adds no job and re-embeds nothing.
+        enqueued = queue.enqueue_missing(
+            connection,
+            ["demo-video-1", "demo-video-2"],
+            model=model,
+            configured_model=model,
+            priority=0,
+            respect_failures=False,
+        )
+        print(f"demo: ingested 2 videos and enqueued {len(enqueued)} job(s)", file=out)
+    if enqueued:
+        _embed(config, url, len(paths))
+    else:
+        print("demo: every frame already has its vector (an earlier demo); nothing to embed")
     with db.connect(url, autocommit=True) as connection:
         print("\n" + status.render(status.collect(connection)), file=out)
         _search(config, connection)
@@ -92,7 +104,7 @@ def run(config: Settings) -> int:
 def _demo_model(config: Settings, cache: Path) -> tuple[str, bool]:
     """The configured model if it is loadable here; else a tiny local one, said plainly.
     Returns the model and whether it is the tiny one."""
-    if Path(config.model).is_dir() or _hub_reachable():
+    if hub.is_local(config.model) or hub.offline_reason(config.model) is None:
         return config.model, False
     from argus_embedder.testing import tinymodel
 
@@ -105,17 +117,22 @@ def _demo_model(config: Settings, cache: Path) -> tuple[str, bool]:
     directory = cache / "demo-tiny-siglip"
     if not (directory / "config.json").exists():
         tinymodel.build(directory, family="siglip")
+    readable_by_all(directory)  # also a directory an older demo left at 0600
     return str(directory), True
 
 
-def _hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-    except OSError:
-        return False
-    return True
+def readable_by_all(directory: Path) -> None:
+    """Give the model's files the modes the umask allows (0644 under the usual 022).
+
+    safetensors writes its weights through a 0600 temporary file; the same directory
+    mounted into the container (or read by the unit's service user) would then be
+    unreadable to a user other than the one who ran the demo.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [directory, *directory.rglob("*")]:
+        mode = 0o777 if path.is_dir() else 0o666
+        path.chmod(mode & ~umask)
 
 
 def _embed(config: Settings, url: str, total: int) -> None:
@@ -156,18 +173,43 @@ def _search(config: Settings, connection: psycopg.Connection[object]) -> None:
     moments.print_videos(videos)
 
 
+def invocation() -> str:
+    """How the user can run this same argus-embedder: its name where PATH finds this
+    installation's script; else that script's path as typed (`.venv/bin/argus-embedder`
+    after the README's install) or the one beside this interpreter, relative to the
+    current directory when under it; else `python -m argus_embedder`."""
+    typed = Path(sys.argv[0])  # as the user typed it: `.venv/bin/argus-embedder demo`
+    script = typed if typed.name == "argus-embedder" and typed.is_file() else None
+    script = script or Path(sys.executable).parent / "argus-embedder"
+    found = shutil.which("argus-embedder")
+    if found is not None and (not script.exists() or Path(found).samefile(script)):
+        return "argus-embedder"
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m argus_embedder"
+    try:
+        shown = str(Path(os.path.relpath(script)))
+    except ValueError:  # another drive (Windows)
+        shown = str(script)
+    if shown.startswith(".."):
+        shown = str(script)
+    elif not shown.startswith("."):
+        shown = "./" + shown
+    return shlex.quote(shown)
+
+
 def _next_steps(tiny: bool) -> None:
-    """What to run next: with nothing configured, each uses the demo's database (and,
-    offline, its tiny model)."""
+    """What to run next, as this shell can run it: with nothing configured, each uses
+    the demo's database (and, offline, its tiny model)."""
     url = f"http://{serve_defaults.DEFAULT_HOST}:{serve_defaults.DEFAULT_PORT}/"
+    command = invocation()
     lines = [
         "",
         "next, with no variable set (the same embedded database"
         + (", and the demo's tiny model" if tiny else "")
         + "):",
-        "  argus-embedder status",
-        f'  argus-embedder search "{QUERY}" --by video',
-        f"  argus-embedder serve        then open {url}",
+        f"  {command} status",
+        f'  {command} search "{QUERY}" --by video',
+        f"  {command} serve        then open {url}",
     ]
     print("\n".join(lines), file=sys.stdout)
 

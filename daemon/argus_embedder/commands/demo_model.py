@@ -7,6 +7,7 @@ the default model, which has no vectors in that database (and may not even be
 downloadable): so the demo records its model, and those commands fall back to it, saying
 so plainly. Only on the embedded database and only with ARGUS_MODEL at its default:
 a configured deployment never changes model behind the operator's back.
+common.resolve_model() is the one place every command asks.
 """
 
 from __future__ import annotations
@@ -36,17 +37,21 @@ def record(model: str, *, tiny: bool) -> None:
     path.write_text(json.dumps({"model": model, "tiny": tiny}) + "\n", encoding="utf-8")
 
 
-def fallback(config: Settings, connection: psycopg.Connection[Any]) -> Settings:
-    """`config`, or `config` with the demo's model when all of these hold: the database
-    is the embedded one, ARGUS_MODEL is at its default, the default model has no vectors
-    in this database, and the demo's model has."""
-    if (
-        config.database_url is not None
-        or config.read_database_url is not None
-        or config.model != settings.DEFAULT_MODEL
-    ):
-        return config
-    if index.info(connection, config.model) is not None:
+def may_apply(config: Settings) -> bool:
+    """Whether the demo's model could replace `config`'s: the embedded database,
+    ARGUS_MODEL at its default, and a demo record here. Asks no database."""
+    return (
+        config.database_url is None
+        and config.read_database_url is None
+        and config.model == settings.DEFAULT_MODEL
+        and _read() is not None
+    )
+
+
+def chosen(config: Settings, connection: psycopg.Connection[Any]) -> Settings:
+    """`config`, or `config` with the demo's model when may_apply() holds, the default
+    model has no vectors in this database and the demo's model has; said on stderr."""
+    if not may_apply(config) or index.info(connection, config.model) is not None:
         return config
     demo = _read()
     if demo is None or index.info(connection, demo[0]) is None:
@@ -63,6 +68,14 @@ def fallback(config: Settings, connection: psycopg.Connection[Any]) -> Settings:
         file=sys.stderr,
     )
     return dataclasses.replace(config, model=model)
+
+
+def fallback(config: Settings, connection: psycopg.Connection[Any]) -> Settings:
+    """common.resolve_model() for a command that loads the model (serve calls it by
+    this name)."""
+    from argus_embedder.commands import common
+
+    return common.resolve_model(config, connection)
 
 
 def _read() -> tuple[str, bool] | None:

@@ -321,7 +321,8 @@ def main(args: argparse.Namespace, config: Settings) -> int:
     if args.watch:
         if not args.interval > 0:
             raise errors.UserInputError("--interval must be a positive number of seconds")
-        common.connect_read(config).close()  # a bad URL or schema fails now, with its code
+        with common.connect_read(config) as connection:  # a bad URL or schema fails now
+            config = common.resolve_model(config, connection, loads=False)
         try:
             watch(
                 lambda: common.connect_read(config),
@@ -332,6 +333,7 @@ def main(args: argparse.Namespace, config: Settings) -> int:
         except KeyboardInterrupt:
             return 0  # Ctrl-C is how a watch ends
     with common.connect_read(config) as connection:
+        config = common.resolve_model(config, connection, loads=False)
         report = collect(connection, model=config.model)
     if args.json:
         print(json.dumps(report, indent=2, default=str))

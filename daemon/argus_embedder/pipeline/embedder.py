@@ -14,8 +14,8 @@ import dataclasses
 import functools
 import logging
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import torch
 import transformers
 from PIL import Image
 
-from argus_embedder import errors
+from argus_embedder import errors, hub
 from argus_embedder.pipeline import decoding
 from argus_embedder.pipeline.recipe import EncodedImage, Family, PreparedImage, Recipe
 
@@ -317,7 +317,7 @@ def load_recipe(model: str) -> Recipe:
 
 def load_text_encoder(model: str, device: str = "auto") -> TextEncoder:
     """Load the text tower and tokenizer of `model` (hub id or directory) onto `device`."""
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, warn_cpu=False)
     config = _load_config(model)
     family = _family(config, model)
     if not hasattr(config, "text_config"):
@@ -348,12 +348,16 @@ def model_dimension(model: str) -> int:
     return int(_vision_config(config).hidden_size)
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto`, `cpu`, `cuda` or `cuda:N` -> the torch device to use; ConfigError if unusable."""
+def resolve_device(device: str, *, warn_cpu: bool = True) -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N` -> the torch device to use; ConfigError if unusable.
+
+    `auto` on a machine with no CUDA device is no news to a text query (search, serve):
+    only the image tower, which runs ~100x slower on a CPU, says so (`warn_cpu`)."""
     if device == "auto":
-        if torch.cuda.is_available():
+        if _cuda_present():
             return resolve_device("cuda")
-        _warn_cpu_fallback()
+        if warn_cpu:
+            _warn_cpu_fallback()
         return torch.device("cpu")
     if device == "cpu":
         return torch.device("cpu")
@@ -393,6 +397,14 @@ def _unit_rows(vectors: torch.Tensor) -> FloatArray:
     return np.ascontiguousarray(unit.cpu().numpy(), dtype=np.float32)
 
 
+def _cuda_present() -> bool:
+    """torch.cuda.is_available() without torch's own warnings: a CUDA build of torch on a
+    host with no (or an old) driver warns on this probe, and `auto` did not ask for CUDA."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.cuda.is_available()
+
+
 @functools.cache
 def _warn_cpu_fallback() -> None:
     log.warning("ARGUS_DEVICE=auto found no CUDA device; running on CPU (much slower)")
@@ -406,11 +418,9 @@ def _device_index(device: str) -> int:
 
 
 def _load_config(model: str) -> Any:
-    # A hub id is "name" or "namespace/name"; anything else is meant as a directory, and
-    # transformers would report a missing one as a malformed repo id.
-    is_path = model.startswith(("/", ".", "~")) or model.count("/") > 1
-    if is_path and not Path(model).expanduser().is_dir():
-        raise errors.ConfigError(f"model {model!r} is not loadable: no such directory")
+    # A missing directory, or a hub id with no hub in reach and no cached copy, fails
+    # here in one line (hub.ensure_loadable), never after huggingface_hub's retries.
+    hub.ensure_loadable(model)
     try:
         with quiet_transformers():
             return transformers.AutoConfig.from_pretrained(model)

@@ -46,7 +46,7 @@ def run(config: Settings, *, burst: bool = False) -> int:
             db.check_schema(connection)
         state.set_db_check(lambda: _ping(url))
 
-        with health.serve(config.metrics_port, state) as port:
+        with health.serve(config.metrics_port, state, config.metrics_host) as port:
             # Serve /livez and /metrics during a long first model download too.
             model = _load_model(config, state)
             with (
