@@ -20,14 +20,17 @@ log = logging.getLogger("argus_embedder")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for variable in settings.VARIABLES:  # a flag before the command, for another's variable
+        if hasattr(args, variable.field) and not variable.read_by(args.command):
+            parser.error(f"{variable.flag}: `{args.command}` does not read {variable.env}")
+        if not hasattr(args, variable.field):
+            setattr(args, variable.field, None)  # not given: the variable, else its default
+    args.log_level = getattr(args, "log_level", "INFO")
     _configure_logging(args.log_level)
     try:
         # A command has the flags of the variables it reads (settings.Variable.commands).
         config = settings.load(
-            **{
-                variable.field: getattr(args, variable.field, None)
-                for variable in settings.VARIABLES
-            }
+            **{variable.field: getattr(args, variable.field) for variable in settings.VARIABLES}
         )
         command = importlib.import_module(f"argus_embedder.commands.{args.command}")
         main_of_command: Callable[[argparse.Namespace, Settings], int] = command.main
@@ -43,9 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Flags may come before the command or after it; SUPPRESS keeps a command's parser
+    # from overwriting one given before it with its default.
     logging_flag = argparse.ArgumentParser(add_help=False)
     logging_flag.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default INFO",
     )
 
     def configuration(command: str) -> argparse.ArgumentParser:
@@ -59,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(
                 variable.flag,
                 dest=variable.field,
-                default=None,
+                default=argparse.SUPPRESS,
                 metavar="VALUE",
                 help=f"{variable.env}: {variable.help}{default}",
             )
@@ -72,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[logging_flag],
     )
     parser.add_argument("--version", action="version", version=f"argus-embedder {__version__}")
+    for variable in settings.VARIABLES:  # listed by each command's --help, not here
+        parser.add_argument(
+            variable.flag, dest=variable.field, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:

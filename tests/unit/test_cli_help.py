@@ -72,3 +72,28 @@ def test_metrics_host_defaults_to_all_interfaces_and_is_settable() -> None:
     assert settings.load({}).metrics_host == "0.0.0.0"
     assert settings.load({"ARGUS_METRICS_HOST": "127.0.0.1"}).metrics_host == "127.0.0.1"
     assert settings.load({}, metrics_host="::1").metrics_host == "::1"
+
+
+def test_a_flag_before_the_command_is_the_commands_flag() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["--database-url", "postgresql:///a", "--log-level", "DEBUG", "status"]
+    )
+    assert (args.database_url, args.log_level) == ("postgresql:///a", "DEBUG")
+    args = parser.parse_args(["--model", "m1", "search", "text"])
+    assert args.model == "m1"  # the command's parser keeps what came before it
+
+
+def test_a_flag_after_the_command_wins_and_unset_flags_stay_unset() -> None:
+    args = cli.build_parser().parse_args(["--model", "m1", "status", "--model", "m2"])
+    assert args.model == "m2"
+    assert not hasattr(cli.build_parser().parse_args(["status"]), "database_url")  # main: None
+
+
+def test_a_flag_before_a_command_that_does_not_read_it_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--s3-bucket", "frames", "ingest", "video", "/nowhere"])
+    assert stopped.value.code == 2
+    assert "`ingest` does not read ARGUS_S3_BUCKET" in capsys.readouterr().err
