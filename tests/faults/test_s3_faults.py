@@ -23,18 +23,23 @@ from tests.faults import harness, invariants
 from tests.faults.conftest import add_videos, all_final, job_counts, run_worker, small_jpeg
 from tests.faults.proxy import Fault, FaultProxy
 
-READ_TIMEOUT = 0.5
+READ_TIMEOUT = 1.0
+# Where a test counts retries exactly and injects no slowness, a timeout a loaded CI
+# machine never reaches: a 0.5 s one once cut a plain GET there and counted a third retry.
+UNHURRIED_TIMEOUT = 10.0
 
 
-def fast_storage(proxy: FaultProxy, bucket: str, attempts: int = 5) -> storage.Storage:
+def fast_storage(
+    proxy: FaultProxy, bucket: str, attempts: int = 5, timeout: float = READ_TIMEOUT
+) -> storage.Storage:
     """The daemon's Storage pointed at the proxy, with short timeouts to keep tests fast."""
     config = settings.load(env={}, s3_bucket=bucket, s3_endpoint_url=proxy.url)
     return storage.Storage(
         config,
         attempts=attempts,
         max_wait=0.2,
-        connect_timeout=READ_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
+        connect_timeout=timeout,
+        read_timeout=timeout,
     )
 
 
@@ -62,8 +67,9 @@ def test_each_transient_fault_is_retried_and_absorbed(
     fault = TRANSIENT_FAULTS[name]
     proxy.inject(Fault(**{**fault.__dict__, "match": "obj.jpg"}))
     retries = metrics.value("argus_embedder_s3_retries_total")
+    timeout = READ_TIMEOUT if fault.mode in ("slow", "stall") else UNHURRIED_TIMEOUT
     started = time.monotonic()
-    assert fast_storage(proxy, s3.bucket).fetch(uri) == data
+    assert fast_storage(proxy, s3.bucket, timeout=timeout).fetch(uri) == data
     assert proxy.pending() == 0 and proxy.applied[fault.mode] == 2
     assert metrics.value("argus_embedder_s3_retries_total") - retries == 2
     assert time.monotonic() - started < 10
@@ -78,7 +84,8 @@ def test_retries_in_decode_processes_count_in_the_daemons_metrics(
     proxy.inject(Fault("error", 2, match="obj1.jpg"))
     proxy.inject(Fault("reset", 1, match="obj2.jpg"))
     retries = metrics.value("argus_embedder_s3_retries_total")
-    preparer = preparing.ProcessPreparer(fast_storage(proxy, s3.bucket), len, 1)
+    unhurried = fast_storage(proxy, s3.bucket, timeout=UNHURRIED_TIMEOUT)
+    preparer = preparing.ProcessPreparer(unhurried, len, 1)
     try:
         outputs = [future.result(timeout=60) for future in preparer.submit(uris)]
     finally:
