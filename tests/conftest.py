@@ -7,7 +7,7 @@ import dataclasses
 import itertools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,27 @@ def empty_database_url(postgres_server: PostgresServer) -> Iterator[str]:
     """A fresh database with no schema at all (for migrate and not-migrated tests)."""
     with scratch_database(postgres_server, "argus_empty") as url:
         yield url
+
+
+@pytest.fixture
+def login(database_url: str) -> Iterator[Callable[..., str]]:
+    """login("argus_worker") -> the URL of a fresh LOGIN role holding only that role (or
+    the roles given) on the test's database; dropped after the test."""
+    from tests import support
+
+    with contextlib.ExitStack() as stack:
+
+        def make(*granted: str) -> str:
+            return stack.enter_context(support.login_role(database_url, *granted))
+
+        yield make
+
+
+@pytest.fixture
+def worker_url(login: Callable[..., str]) -> str:
+    """The test database as a login holding only argus_worker: how production runs the
+    daemon, so a daemon a test starts hits every privilege hole production would."""
+    return login("argus_worker")
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -13,10 +15,38 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 import pytest
+from psycopg import sql
 
 from argus_embedder import cli, settings
 from argus_embedder.gateways import frames, queue
+
+_LOGIN_COUNTER = itertools.count()
+
+
+@contextlib.contextmanager
+def login_role(database_url: str, *granted: str) -> Iterator[str]:
+    """The URL of a fresh LOGIN role holding only the `granted` NOLOGIN roles (argus_worker,
+    argus_reader, argus_frame_stage), as production runs the daemon and serve; the embedded
+    server trusts local connections, so the role's name in the URL is enough to act as it.
+    Dropped, with its sessions, when the block ends. `database_url` is an admin's."""
+    name = f"{'_'.join(granted)}_login_{os.getpid()}_{next(_LOGIN_COUNTER)}"
+    role = sql.Identifier(name)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+        for each in granted:
+            admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(each), role))
+    try:
+        yield psycopg.conninfo.make_conninfo(database_url, user=name)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (name,),
+            )
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
+            admin.execute(sql.SQL("DROP ROLE {}").format(role))
 
 
 def add_video(

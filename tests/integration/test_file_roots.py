@@ -17,7 +17,7 @@ from argus_embedder import cli, errors, settings
 from argus_embedder.pipeline import storage
 from tests import support
 from tests.conftest import textured_jpeg
-from tests.integration.test_roles import Login, login  # noqa: F401 - the fixture
+from tests.integration.test_roles import Login
 
 
 def fetch(uri: str, roots: str | None = None) -> bytes:
@@ -81,7 +81,7 @@ def test_file_roots_are_checked_at_start(tree: Path) -> None:
 
 def test_the_daemon_gives_frames_outside_the_roots_an_error_row(
     conn: psycopg.Connection[Any],
-    login: Login,  # noqa: F811 - the fixture imported above
+    login: Login,
     tiny_siglip_dir: Path,
     tree: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -1,23 +1,21 @@
 """Least privilege (DESIGN §2): each role can do its job and nothing else.
 
-Login roles are created per test and granted exactly one of the NOLOGIN roles that
-`migrate` creates; the embedded server trusts local connections, so a role name in the
-URL is enough to act as it.
+Login roles are created per test (the `login` fixture, tests/support.login_role) and
+granted exactly one of the NOLOGIN roles that `migrate` creates; the embedded server
+trusts local connections, so a role name in the URL is enough to act as it.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import psycopg.conninfo
 import pytest
 from psycopg import sql
 
@@ -25,34 +23,7 @@ from argus_embedder import cli, db
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
 
-_ROLE_COUNTER = itertools.count()
-
-Login = Callable[[str], str]
-
-
-@pytest.fixture
-def login(conn: psycopg.Connection[Any], database_url: str) -> Iterator[Login]:
-    """login("argus_worker") -> the URL of a fresh LOGIN role holding only that role."""
-    created: list[str] = []
-
-    def make(granted: str) -> str:
-        name = f"{granted}_login_{os.getpid()}_{next(_ROLE_COUNTER)}"
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-        conn.execute(
-            sql.SQL("GRANT {} TO {}").format(sql.Identifier(granted), sql.Identifier(name))
-        )
-        created.append(name)
-        return psycopg.conninfo.make_conninfo(database_url, user=name)
-
-    yield make
-    for name in created:
-        with psycopg.connect(database_url, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                (name,),
-            )
-            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+Login = Callable[..., str]  # the `login` fixture of tests/conftest.py
 
 
 def denied(url: str, statement: str, params: tuple[Any, ...] = ()) -> bool:
@@ -176,9 +147,8 @@ def test_daemon_runs_as_a_login_role_holding_only_argus_worker(
     uris = [s3.put(f"roles/{i}.jpg", textured_jpeg(i)) for i in range(6)]
     support.add_video(conn, "roles", uris)
     worker_url = login("argus_worker")
-    result = subprocess.run(
-        [sys.executable, "-m", "argus_embedder", "run", "--burst"],
-        env={
+    result = run_burst(
+        {
             **os.environ,
             "ARGUS_DATABASE_URL": worker_url,
             "ARGUS_MODEL": str(tiny_siglip_dir),
@@ -187,11 +157,7 @@ def test_daemon_runs_as_a_login_role_holding_only_argus_worker(
             "ARGUS_S3_ENDPOINT_URL": s3.url,
             "ARGUS_METRICS_PORT": "0",
             "ARGUS_RECONCILE_INTERVAL": "1",
-        },
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+        }
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "permission denied" not in result.stderr.lower(), result.stderr[-3000:]
@@ -283,3 +249,89 @@ def test_regression_bug11_the_worker_registers_new_models_only(
         "SELECT index_kind, segment_rows FROM argus.models WHERE model = 'owned'"
     ).fetchone()
     assert owned_row == {"index_kind": "ivfflat", "segment_rows": 500}
+
+
+# A statement trigger that records, after every change of a job's status, how many jobs
+# of project 'capped' are running: the most it ever saw is the cap as the daemon held it.
+_CAP_WATCH = """
+CREATE TABLE public.cap_watch (running integer NOT NULL);
+CREATE FUNCTION public.cap_watch() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    INSERT INTO public.cap_watch (running)
+    SELECT count(*) FROM argus.embedding_jobs
+    WHERE project_id = 'capped' AND status = 'running';
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER cap_watch AFTER UPDATE OF status ON argus.embedding_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION public.cap_watch();
+"""
+
+
+def run_burst(env: dict[str, str], timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    """`argus-embedder run --burst` in a child process; a run still going after `timeout`
+    seconds (a claim that keeps failing never empties the queue) fails with its log."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "argus_embedder", "run", "--burst"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        said = expired.stderr.decode() if isinstance(expired.stderr, bytes) else expired.stderr
+        raise AssertionError(f"run --burst still running after {timeout}s:\n{said}") from None
+
+
+def test_regression_issue27_finding1_a_capped_project_runs_as_argus_worker(
+    conn: psycopg.Connection[Any],
+    database_url: str,
+    worker_url: str,
+    s3: S3Endpoint,
+    tiny_siglip_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (issue 27, finding 1): claim_jobs locked the capped project's
+    argus.projects row FOR NO KEY UPDATE with the caller's rights, and argus_worker holds
+    only SELECT there: once a project had max_running, every claim that reached its lane
+    failed with "permission denied for table projects", uncapped projects' jobs included.
+    The lock now goes through the definer argus.lock_project_cap. A real `run --burst` as
+    an argus_worker login: six jobs of a project capped at 1 and two uncapped, all done,
+    never two of the capped project running at once."""
+    conn.execute(_CAP_WATCH)
+    for n in range(6):
+        uris = [s3.put(f"cap/{n}/{i}.jpg", textured_jpeg(10 * n + i)) for i in range(2)]
+        support.add_video(conn, f"capped-{n}", uris, project_id="capped")
+    for n in range(2):
+        uris = [s3.put(f"free/{n}/{i}.jpg", textured_jpeg(100 + 10 * n + i)) for i in range(2)]
+        support.add_video(conn, f"free-{n}", uris, project_id="free")
+    support.use_database(monkeypatch, database_url, tiny_siglip_dir)  # the operator's
+    assert cli.main(["project", "set", "capped", "--max-running", "1"]) == 0
+    result = run_burst(
+        {
+            **os.environ,
+            "ARGUS_DATABASE_URL": worker_url,
+            "ARGUS_MODEL": str(tiny_siglip_dir),
+            "ARGUS_DEVICE": "cpu",
+            "ARGUS_BATCH_SIZE": "4",  # tops up 8 frames: four 2-frame jobs at a time
+            "ARGUS_S3_BUCKET": s3.bucket,
+            "ARGUS_S3_ENDPOINT_URL": s3.url,
+            "ARGUS_METRICS_PORT": "0",
+            "ARGUS_POLL_INTERVAL": "0.2",
+            "ARGUS_RECONCILE_INTERVAL": "0",
+        }
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "permission denied" not in result.stderr.lower(), result.stderr[-3000:]
+    assert "unexpected error" not in result.stderr.lower(), result.stderr[-3000:]
+    jobs = conn.execute(
+        "SELECT project_id, status, frames_done FROM argus.embedding_jobs ORDER BY id"
+    ).fetchall()
+    assert [(job["status"], job["frames_done"]) for job in jobs] == [("succeeded", 2)] * 8
+    watched = conn.execute("SELECT max(running) AS most FROM public.cap_watch").fetchone()
+    assert watched is not None
+    print(f"capped project: at most {watched['most']} running of 6 jobs, 8 of 8 jobs done")
+    assert watched["most"] == 1

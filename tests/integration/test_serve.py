@@ -24,7 +24,7 @@ from argus_embedder import cli, errors, settings
 from argus_embedder.commands import search, serve
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg
-from tests.integration.test_roles import Login, login  # noqa: F401 - the fixture
+from tests.integration.test_roles import Login
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -533,7 +533,7 @@ def test_a_client_that_hangs_up_is_no_server_error(
 
 def test_serves_as_a_login_role_holding_only_argus_reader(
     frames: Path,
-    login: Login,  # noqa: F811 - the fixture imported above
+    login: Login,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ARGUS_DATABASE_URL", login("argus_reader"))
