@@ -25,28 +25,35 @@ from argus_embedder.gateways import frames, queue
 _LOGIN_COUNTER = itertools.count()
 
 
-@contextlib.contextmanager
-def login_role(database_url: str, *granted: str) -> Iterator[str]:
-    """The URL of a fresh LOGIN role holding only the `granted` NOLOGIN roles (argus_worker,
-    argus_reader, argus_frame_stage), as production runs the daemon and serve; the embedded
-    server trusts local connections, so the role's name in the URL is enough to act as it.
-    Dropped, with its sessions, when the block ends. `database_url` is an admin's."""
+def create_login(database_url: str, *granted: str) -> str:
+    """Create a LOGIN role holding only the `granted` NOLOGIN roles (argus_worker,
+    argus_reader, argus_frame_stage), as production runs the daemon and serve, and return
+    its URL on `database_url`'s database (an admin's URL); the embedded server trusts local
+    connections, so the role's name in the URL is enough to act as it."""
     name = f"{'_'.join(granted)}_login_{os.getpid()}_{next(_LOGIN_COUNTER)}"
     role = sql.Identifier(name)
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
         for each in granted:
             admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(each), role))
+    return psycopg.conninfo.make_conninfo(database_url, user=name)
+
+
+@contextlib.contextmanager
+def login_role(database_url: str, *granted: str) -> Iterator[str]:
+    """`create_login`'s URL; the role and its sessions are dropped when the block ends."""
+    url = create_login(database_url, *granted)
+    role = psycopg.conninfo.conninfo_to_dict(url)["user"]
     try:
-        yield psycopg.conninfo.make_conninfo(database_url, user=name)
+        yield url
     finally:
         with psycopg.connect(database_url, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                (name,),
+                (role,),
             )
-            admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
-            admin.execute(sql.SQL("DROP ROLE {}").format(role))
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(str(role))))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(str(role))))
 
 
 def add_video(
@@ -168,10 +175,15 @@ def ingest_and_embed(
     video_id: str = "clip",
     project_id: str = "p1",
 ) -> None:
-    """What a user does first: `ingest VIDEO FOLDER --project P`, then `run --burst`."""
+    """What a user does first: `ingest VIDEO FOLDER --project P`, then `run --burst`, the
+    daemon as a login holding only argus_worker (as production runs it); the environment
+    points at `database_url` again after."""
     use_database(monkeypatch, database_url, model)
     assert cli.main(["ingest", video_id, str(folder), "--project", project_id]) == 0
-    assert cli.main(["run", "--burst"]) == 0
+    with login_role(database_url, "argus_worker") as worker_url:
+        monkeypatch.setenv("ARGUS_DATABASE_URL", worker_url)
+        assert cli.main(["run", "--burst"]) == 0
+    monkeypatch.setenv("ARGUS_DATABASE_URL", database_url)
 
 
 @dataclasses.dataclass(frozen=True)

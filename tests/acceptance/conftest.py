@@ -75,14 +75,16 @@ class Daemon:
 
 @pytest.fixture
 def start_daemon(
-    database_url: str, s3: S3Endpoint, tiny_siglip_dir: Path, tmp_path: Path
+    worker_url: str, s3: S3Endpoint, tiny_siglip_dir: Path, tmp_path: Path
 ) -> Iterator[Callable[..., Daemon]]:
+    """start(ARGS, VAR=value) -> a real `argus-embedder run ARGS` as production runs it: a
+    login holding only argus_worker (a variable given overrides, ARGUS_DATABASE_URL too)."""
     started: list[Daemon] = []
 
     def start(*args: str, **variables: str) -> Daemon:
         env = {
             **os.environ,
-            "ARGUS_DATABASE_URL": database_url,
+            "ARGUS_DATABASE_URL": worker_url,
             "ARGUS_MODEL": str(tiny_siglip_dir),
             "ARGUS_DEVICE": "cpu",
             "ARGUS_S3_BUCKET": s3.bucket,

@@ -53,10 +53,11 @@ def audited(
 
 @pytest.fixture
 def fleet(
-    database_url: str, s3: S3Endpoint, tiny_siglip_dir: Path, tmp_path: Path
+    worker_url: str, s3: S3Endpoint, tiny_siglip_dir: Path, tmp_path: Path
 ) -> Iterator[harness.Fleet]:
+    """Daemons as production runs them: a login holding only argus_worker."""
     fleet = harness.Fleet(
-        harness.daemon_env(database_url, tiny_siglip_dir, s3.url, s3.bucket), tmp_path
+        harness.daemon_env(worker_url, tiny_siglip_dir, s3.url, s3.bucket), tmp_path
     )
     try:
         yield fleet
@@ -129,10 +130,37 @@ def run_worker(
 ) -> None:
     """The real worker loop in this process, on its own thread, until `until()` (default:
     no job left queued or running) or `timeout`. Set PGAPPNAME to `worker_id` first
-    (monkeypatch), so the write audit can attribute its rows."""
+    (monkeypatch), so the write audit can attribute its rows. The worker connects as a
+    login holding only argus_worker, as production runs it; `database_url` is an admin's."""
+    with support.login_role(database_url, "argus_worker") as worker_url:
+        _run_worker_as(
+            database_url,
+            worker_url,
+            model,
+            bucket=bucket,
+            endpoint=endpoint,
+            worker_id=worker_id,
+            storage=storage,
+            until=until,
+            timeout=timeout,
+        )
+
+
+def _run_worker_as(
+    database_url: str,
+    worker_url: str,
+    model: embedder.Embedder,
+    *,
+    bucket: str | None,
+    endpoint: str | None,
+    worker_id: str,
+    storage: Any,
+    until: Any,
+    timeout: float,
+) -> None:
     config = settings.load(
         env={},
-        database_url=database_url,
+        database_url=worker_url,
         model=model.model,
         device="cpu",
         s3_bucket=bucket,
@@ -145,7 +173,7 @@ def run_worker(
     stop = threading.Event()
     with (
         psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as watch,
-        worker.Worker(config, database_url, model, storage=storage, shutdown=stop) as loop,
+        worker.Worker(config, worker_url, model, storage=storage, shutdown=stop) as loop,
     ):
         thread = threading.Thread(target=loop.run, name="worker-under-test")
         thread.start()

@@ -19,6 +19,7 @@ import pytest
 
 from argus_embedder import db
 from argus_embedder.gateways import index
+from tests import support
 from tests.conftest import S3Endpoint
 from tests.faults import harness, invariants
 from tests.faults.conftest import add_videos, all_final
@@ -102,8 +103,9 @@ def test_postgres_restart_mid_run_loses_nothing_and_does_not_spin(
         index.register(connection, str(tiny_siglip_dir), tiny_dimension)
         add_videos(connection, s3, 16, 40)
 
+    worker_url = support.create_login(url, "argus_worker")  # the server goes with the test
     fleet = harness.Fleet(
-        harness.daemon_env(url, tiny_siglip_dir, s3.url, s3.bucket), tmp_path / "logs"
+        harness.daemon_env(worker_url, tiny_siglip_dir, s3.url, s3.bucket), tmp_path / "logs"
     )
     (tmp_path / "logs").mkdir()
     try:
