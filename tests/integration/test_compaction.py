@@ -338,3 +338,34 @@ def test_a_publish_outwaits_an_autovacuum_of_its_segments(
     finally:
         thread.join()
     assert live is not None and live.state == "live"
+
+
+def test_regression_issue27_finding3_deleted_frames_do_not_starve_search(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 27, finding 3): an operator's DELETE of frames leaves their vectors
+    as dead tuples in the units (autovacuum is off there), which the HNSW graph still
+    returns; with iterative scans off each unit gave its first ef_search candidates, mostly
+    dead, and search came back short or with far neighbours (the review saw 0 hits of 10;
+    here, before the fix, 10 hits, none of the true 10). While at least `limit` live
+    vectors match, search returns `limit`, and the nearest of them."""
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=500)
+    ids = add_frames(conn, 5100)
+    vectors = clustered(5100, seed=27)
+    write_vectors(conn, model, ids, vectors)
+    while compactor.compact_once(conn, MODEL):
+        pass
+    covered = [i for i, frame_id in enumerate(ids) if frame_id < 5000]
+    assert sum(u.rows or 0 for u in live_units(conn)) == len(covered) == 4999
+    query = vectors[0]
+    nearest = sorted(covered, key=lambda i: -float(vectors[i] @ query))
+    live = nearest[3299:]  # the query's whole neighbourhood goes, and the open segment
+    gone = [ids[i] for i in nearest[:3299]] + [f for f in ids if f >= 5000]
+    conn.execute("DELETE FROM argus.frames WHERE id = ANY(%s)", (gone,))
+    assert len(live) == 1700
+    for limit in (10, 50):
+        hits = search.search(conn, MODEL, query, limit=limit)
+        print(f"1,700 live vectors, 3,400 deleted: limit {limit} -> {len(hits)} hits")
+        assert len(hits) == limit
+        exact = {ids[i] for i in live[:limit]}
+        assert len(exact & {hit.frame_id for hit in hits}) >= 0.9 * limit
