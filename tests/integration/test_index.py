@@ -195,7 +195,7 @@ def test_one_indexer_at_a_time(database_url: str, conn: psycopg.Connection[Any])
     ids = add_frames(conn, 150)
     write_vectors(conn, model, ids, clustered(150))
     with db.connect(database_url) as other:  # a transaction: another daemon building
-        # the lock argus.index_segment takes (sql/migrations)
+        # the lock each unit build takes (sql/migrations/0007)
         other.execute("SELECT pg_advisory_xact_lock(hashtext('argus-embedder:indexer'))")
         assert index.build_sealed(conn, MODEL) == []
         other.rollback()

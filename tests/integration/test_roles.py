@@ -335,3 +335,30 @@ def test_regression_issue27_finding1_a_capped_project_runs_as_argus_worker(
     assert watched is not None
     print(f"capped project: at most {watched['most']} running of 6 jobs, 8 of 8 jobs done")
     assert watched["most"] == 1
+
+
+def test_regression_issue27_finding4_the_retired_index_segment_is_gone(
+    conn: psycopg.Connection[Any], login: Login
+) -> None:
+    """Regression (issue 27, finding 4): argus_worker could still execute the definer
+    argus.index_segment that 0007 retired, and build HNSW on the live write segment
+    (marking it indexed, so the compactor never covered it). It is dropped."""
+    from argus_embedder.gateways import index
+
+    index.register(conn, "retired", 8, "hnsw", segment_rows=100)
+    conn.execute("SELECT argus.ensure_segments('retired', ARRAY[1]::bigint[])")
+    url = login("argus_worker")
+    with (
+        psycopg.connect(url, autocommit=True) as worker,
+        pytest.raises(psycopg.errors.UndefinedFunction),
+    ):
+        worker.execute("SELECT argus.index_segment('retired', 0)")
+    segments = conn.execute(
+        "SELECT index_name FROM argus.segments WHERE model = 'retired'"
+    ).fetchall()
+    assert segments and all(row["index_name"] is None for row in segments)
+    definers = conn.execute(
+        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'argus' AND p.prosecdef AND p.proname = 'index_segment'"
+    ).fetchall()
+    assert definers == []

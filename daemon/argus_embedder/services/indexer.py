@@ -1,7 +1,7 @@
 """The indexer: bulk-builds the ANN index of each sealed segment, off the write path,
 and creates segments ahead of the write frontier, so writes never run DDL.
 
-One builder in the fleet at a time (argus.index_segment takes a transaction-level
+One builder in the fleet at a time (each unit build takes the indexer's transaction-level
 advisory lock); it runs on its own periodic service, since a build can take a
 minute, which must not delay the daemon's other background passes. Segment
 creation is a separate, quick task on the background service.
