@@ -193,7 +193,11 @@ RETURNING id;
 -- frame since that job started: those wait for `retry ID` or new frames, so a
 -- video that always fails is not re-enqueued every pass. A video with a frame
 -- younger than `settle_seconds` is left for later: its frame stage is most
--- likely still inserting it, and will enqueue it itself. The video must still
+-- likely still inserting it, and will enqueue it itself. Young means within
+-- settle_seconds of now() on either side: a created_at further in the future
+-- (a skewed clock, or 'infinity', which the frame stage may write) is no
+-- arrival in progress, and would otherwise keep the video young forever
+-- (issue 27, finding 5); the server's clock decides. The video must still
 -- lack a row in this statement's snapshot: a job completes in the same
 -- transaction as its last rows, so one that finished since the caller looked
 -- is seen here either as running or with its rows, never as neither.
@@ -212,7 +216,8 @@ WHERE EXISTS (
   AND NOT EXISTS (
         SELECT 1 FROM argus.frames f
         WHERE f.video_id = v.video_id
-          AND f.created_at > now() - make_interval(secs => %(settle_seconds)s))
+          AND f.created_at > now() - make_interval(secs => %(settle_seconds)s)
+          AND f.created_at <= now() + make_interval(secs => %(settle_seconds)s))
   AND NOT (%(respect_failures)s AND EXISTS (
         SELECT 1
         FROM (SELECT j.status, coalesce(j.started_at, j.created_at) AS since

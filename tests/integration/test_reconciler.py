@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,27 @@ def test_a_video_still_receiving_frames_is_left_to_its_frame_stage(
     assert (result.missing_frames, result.enqueued) == (2, 0)
     conn.execute("UPDATE argus.frames SET created_at = now() - interval '61 seconds'")
     assert reconciler.reconcile(conn, MODEL, settle_seconds=60).enqueued == 1
+
+
+def test_regression_issue27_finding5_a_future_created_at_hides_no_video(
+    conn: psycopg.Connection[Any], login: Callable[..., str]
+) -> None:
+    """Regression (issue 27, finding 5): a frame stage may write created_at (its column
+    grant allows it); 'infinity', or a clock far ahead, kept the video "still receiving
+    frames" to the settle test forever, so the reconciler never enqueued the forgotten
+    video. The server's clock decides: only a created_at within the settle window of now
+    (either side) is young."""
+    register(conn)
+    with psycopg.connect(login("argus_frame_stage"), autocommit=True) as stage:
+        stage.execute(
+            "INSERT INTO argus.frames (video_id, frame_index, image_uri, created_at) VALUES "
+            "('forever', 0, 'a', 'infinity'), ('ahead', 0, 'a', now() + interval '1 day'), "
+            "('skewed', 0, 'a', now() + interval '30 seconds')"
+        )
+    result = reconciler.reconcile(conn, MODEL, settle_seconds=60)
+    assert (result.missing_frames, result.enqueued) == (3, 2)
+    enqueued = conn.execute("SELECT video_id FROM argus.embedding_jobs ORDER BY video_id")
+    assert [row["video_id"] for row in enqueued] == ["ahead", "forever"]  # skewed: settling
 
 
 def test_a_fleet_pass_runs_once_per_interval(conn: psycopg.Connection[Any]) -> None:
