@@ -45,6 +45,10 @@ SELECT argus.unit_publish(%(unit_id)s) AS published;
 -- name: drop_retired_units
 SELECT argus.drop_retired_units(%(model)s, make_interval(secs => %(grace_seconds)s)) AS dropped;
 
+-- name: prune_unit_changes
+-- Stragglers logged for ranges no unit is building (migration 0014).
+SELECT argus.prune_unit_changes(%(model)s) AS pruned;
+
 -- name: unit
 SELECT id, model, lower_bound, upper_bound, tier, kind, table_name, state, rows,
        trained_rows, build_seconds

@@ -369,3 +369,42 @@ def test_regression_issue27_finding3_deleted_frames_do_not_starve_search(
         assert len(hits) == limit
         exact = {ids[i] for i in live[:limit]}
         assert len(exact & {hit.frame_id for hit in hits}) >= 0.9 * limit
+
+
+def changes(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) AS n FROM argus.unit_changes").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_regression_issue27_suspicion_c_the_straggler_log_is_pruned(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 27, suspicion c): argus.unit_changes logs every straggler on a
+    covered segment for a unit being built to replay; only a later publish over the range
+    removed them, so deletes in a range no unit was building again (here the top-tier
+    unit's) stayed logged for good. The compactor now prunes what no building unit needs,
+    and keeps what one does."""
+    ids, vectors, _ = compact_sixteen_segments(conn, "hnsw")
+    conn.execute("DELETE FROM argus.frames WHERE id = ANY(%s)", (ids[:300],))
+    assert changes(conn) == 300  # logged by the straggler trigger
+    compactor.compact_once(conn, MODEL)  # one pass, nothing left to build
+    print(f"unit_changes after 300 deletes in the top unit and a compactor pass: {changes(conn)}")
+    assert changes(conn) == 0
+    query = vectors[400]
+    assert all(
+        hit.frame_id not in set(ids[:300]) for hit in search.search(conn, MODEL, query, limit=10)
+    )
+
+    # A unit under way over a range: its stragglers stay for its publish to replay.
+    unit_id = index.next_unit(conn, MODEL, fanout=compactor.FANOUT, tier0_only=False)
+    assert unit_id is None  # nothing left to build: make a segment seal
+    more = add_frames(conn, 100, video="late")
+    write_vectors(conn, index.register(conn, MODEL, DIMENSION), more, clustered(100, seed=9))
+    unit_id = index.next_unit(conn, MODEL, fanout=compactor.FANOUT, tier0_only=False)
+    assert unit_id is not None
+    unit = next(u for u in index.units(conn, MODEL) if u.id == unit_id)
+    inside = [f for f in ids + more if unit.lower_bound <= f < unit.upper_bound][:5]
+    conn.execute("DELETE FROM argus.frames WHERE id = ANY(%s)", (inside,))
+    assert index.prune_changes(conn, MODEL) == 0
+    assert changes(conn) == len(inside) == 5

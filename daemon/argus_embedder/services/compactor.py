@@ -42,6 +42,7 @@ def compact_once(connection: psycopg.Connection[Any], model: str) -> bool:
     a rebuild of a grown ivfflat unit or in a new index kind) and drop expired retired
     units; True when it did work."""
     dropped = index.drop_retired(connection, model, grace_seconds=GRACE_SECONDS)
+    index.prune_changes(connection, model)  # else the straggler log grows without bound
     if index.append_next(connection, model) is not None:
         return True  # logged by append_next
     unit_id = index.next_unit(connection, model, fanout=FANOUT, tier0_only=False)
