@@ -296,3 +296,22 @@ def test_past_the_exact_limits_status_shows_estimates_and_says_so(
     text = status.render(report)
     assert f"queued ~{report['jobs']['queued']}, running 0, succeeded ~" in text
     assert f"{model} (configured): ~20/~32 frames (~62.5%), 2 failed, ~12 missing" in text
+
+
+def test_the_fleet_rate_is_over_the_window_it_names(conn: psycopg.Connection[Any]) -> None:
+    """30 frames written 100 s ago, nothing since: 30 over the last 5 minutes is 0.1/s (not
+    30 over the 100 s since the first of them, a span the label did not name)."""
+    model = "test/model"
+    index.register(conn, model, 4)
+    _embed_video(conn, model, "done", 30)
+    conn.execute(
+        "UPDATE argus.frame_embeddings SET created_at = now() - interval '100 seconds' "
+        "WHERE model = %s",
+        (model,),
+    )
+    report = status.collect(conn, model=model)
+    backlog = report["queue"]
+    assert backlog["frames_per_second"] == pytest.approx(30 / status.FLEET_WINDOW_SECONDS, 0.05)
+    assert backlog["frames_written"] == 30
+    assert backlog["rate_window_seconds"] == pytest.approx(status.FLEET_WINDOW_SECONDS, abs=5)
+    assert "fleet wrote 30 frame(s) in the last 5m 00s (0.1 frames/s)" in status.render(report)

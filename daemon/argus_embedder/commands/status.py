@@ -126,7 +126,8 @@ def _queue(
         "frames_waiting": waiting.value,
         "frames_waiting_estimated": waiting.estimated,
         "frames_per_second": rate,
-        "rate_window_seconds": FLEET_WINDOW_SECONDS,
+        "frames_written": fleet.frames,
+        "rate_window_seconds": fleet.seconds,
         "eta_seconds": _eta(waiting.value, rate),
     }
 
@@ -202,8 +203,9 @@ def render(report: dict[str, Any]) -> str:
     backlog = report["queue"]
     lines.append(
         f"queue: {_count(backlog['frames_waiting'], backlog['frames_waiting_estimated'])}"
-        f" frame(s) waiting, fleet {backlog['frames_per_second']:.1f} frames/s over the last "
-        f"{_duration(backlog['rate_window_seconds'])}, ETA {_eta_text(backlog['eta_seconds'])}"
+        f" frame(s) waiting, fleet wrote {backlog['frames_written']} frame(s) in the last "
+        f"{_duration(backlog['rate_window_seconds'])} "
+        f"({backlog['frames_per_second']:.1f} frames/s), ETA {_eta_text(backlog['eta_seconds'])}"
     )
     if report["running"]:
         lines.append("running:")

@@ -91,10 +91,10 @@ class RunningJob:
 
 @dataclasses.dataclass(frozen=True)
 class FleetRate:
-    """Frames the fleet wrote lately and the seconds since the first of them (None: none)."""
+    """Frames the fleet wrote over the last `seconds` (the rate's window, up to now)."""
 
     frames: int
-    seconds: float | None
+    seconds: float
 
 
 # A claim told "busy" (its lanes held by other claimers) tries again, waiting for
@@ -482,8 +482,7 @@ def fleet_rate(connection: psycopg.Connection[Any], *, window: float, jobs: int)
         db.queries()["fleet_rate"], {"window": window, "jobs": jobs}
     ).fetchone()
     assert row is not None
-    seconds = row["seconds"]
-    return FleetRate(frames=int(row["frames"]), seconds=None if seconds is None else float(seconds))
+    return FleetRate(frames=int(row["frames"]), seconds=float(row["seconds"]))
 
 
 def enqueue_missing(
