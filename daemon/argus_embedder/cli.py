@@ -122,9 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add(
         "status",
-        "queue counts and ETA, running jobs with rate and device, coverage per model",
+        "queue counts and ETA, running jobs with rate and device, coverage per model; "
+        "cheap at any size: a figure past the exact limits is the planner's estimate, "
+        "shown ~N",
     )
-    sub.add_argument("--json", action="store_true")
+    sub.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object; an estimate is marked ("estimated": true, *_estimated)',
+    )
     sub.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
     sub.add_argument(
         "--interval", type=float, default=2.0, metavar="S", help="--watch refresh (default 2)"

@@ -61,3 +61,52 @@ ORDER BY j.id;
 SELECT setval(pg_get_serial_sequence('argus.frames', 'id'),
               ((SELECT coalesce(max(id), 0) FROM argus.frames) + %(rows)s) / %(rows)s * %(rows)s,
               false) AS next_id;
+
+-- name: bench_drop_argus_bench_status_1x
+DROP DATABASE IF EXISTS argus_bench_status_1x WITH (FORCE);
+
+-- name: bench_create_argus_bench_status_1x
+CREATE DATABASE argus_bench_status_1x;
+
+-- name: bench_drop_argus_bench_status_10x
+DROP DATABASE IF EXISTS argus_bench_status_10x WITH (FORCE);
+
+-- name: bench_create_argus_bench_status_10x
+CREATE DATABASE argus_bench_status_10x;
+
+-- name: bench_status_frames
+-- status_growth: videos `first` .. `first + videos - 1` of `frames` frames each, named
+-- `prefix` || number, over `projects` projects; generated in the server, no round trips.
+INSERT INTO argus.frames (video_id, project_id, frame_index, image_uri)
+SELECT %(prefix)s || v, 'project-' || (v %% %(projects)s), i, 's3://argus-bench/unused.jpg'
+FROM generate_series(%(first)s::bigint, %(first)s::bigint + %(videos)s - 1) AS v
+CROSS JOIN generate_series(0, %(frames)s - 1) AS i
+ORDER BY v, i;
+
+-- name: bench_status_jobs
+-- status_growth: one job per video `prefix` || number in that range, in `state`
+-- (succeeded: the job that embedded it a day ago; queued: waiting).
+INSERT INTO argus.embedding_jobs (video_id, project_id, model, status, attempts, frames_total,
+                                  frames_done, created_at, started_at, finished_at, run_at)
+SELECT %(prefix)s || v, 'project-' || (v %% %(projects)s),
+       CASE WHEN %(state)s = 'queued' THEN NULL ELSE %(model)s END, %(state)s,
+       CASE WHEN %(state)s = 'queued' THEN 0 ELSE 1 END,
+       CASE WHEN %(state)s = 'queued' THEN NULL ELSE %(frames)s END,
+       CASE WHEN %(state)s = 'queued' THEN 0 ELSE %(frames)s END,
+       now() - interval '1 day',
+       CASE WHEN %(state)s = 'queued' THEN NULL ELSE now() - interval '1 day' END,
+       CASE WHEN %(state)s = 'queued' THEN NULL ELSE now() - interval '1 day' END,
+       now() - interval '1 hour'
+FROM generate_series(%(first)s::bigint, %(first)s::bigint + %(videos)s - 1) AS v;
+
+-- name: bench_status_embeddings
+-- status_growth: the model's row for every frame with an id in [low, high), one vector.
+INSERT INTO argus.frame_embeddings (frame_id, model, embedding, preprocessing)
+SELECT f.id, %(model)s, %(vector)s::vector, 'argus-bench-synthetic'
+FROM argus.frames f WHERE f.id >= %(low)s AND f.id < %(high)s;
+
+-- name: bench_status_frame_bounds
+SELECT coalesce(max(id), 0) AS last FROM argus.frames;
+
+-- name: bench_vacuum_analyze
+VACUUM (ANALYZE);

@@ -48,3 +48,23 @@ FROM pg_settings s WHERE s.name = 'shared_buffers';
 -- name: embedded_set_shared_buffers
 -- Takes effect at the next start (ALTER SYSTEM takes no parameters: a literal).
 ALTER SYSTEM SET shared_buffers = {size};
+
+-- name: standby_position
+-- This server's replay position when it is a hot standby (ARGUS_READ_DATABASE_URL);
+-- in_recovery is false on a primary, where the rest means nothing. All of it is
+-- readable by argus_reader: the functions are public, and pg_stat_wal_receiver
+-- shows an unprivileged role the receiver's pid, enough to tell that WAL streams in.
+-- pg_is_wal_replay_paused() raises outside recovery, hence the CASE.
+SELECT pg_is_in_recovery() AS in_recovery,
+       pg_last_wal_receive_lsn()::text AS received_lsn,
+       pg_last_wal_replay_lsn()::text AS replayed_lsn,
+       -- NULL before anything streamed in since the standby started; never negative
+       -- (replay of WAL already on disk can run ahead of the stream after a restart)
+       CASE WHEN pg_last_wal_receive_lsn() IS NOT NULL
+            THEN greatest(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)
+       END::bigint AS pending_bytes,
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::double precision
+           AS last_replay_seconds_ago,
+       EXISTS (SELECT 1 FROM pg_stat_wal_receiver) AS streaming,
+       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END
+           AS replay_paused;

@@ -47,3 +47,21 @@ LEFT JOIN argus.frame_embeddings previous_embedding
   ON previous_embedding.frame_id = previous_frame.id AND previous_embedding.model = %(model)s
 WHERE e.embedding IS NOT NULL
 ORDER BY f.video_id, f.frame_index;
+
+-- name: model_rows_estimate
+-- status: the planner's count of a model's rows, the sum over its segments (each
+-- reltuples scaled to the segment's current size): no scan.
+EXPLAIN (FORMAT JSON) SELECT 1 FROM argus.frame_embeddings WHERE model = %(model)s;
+
+-- name: model_failed_rows
+-- status: a model's error rows, counted exactly up to `cap` + 1 from
+-- frame_embeddings_failed_idx (error rows are few): cost bounded by the cap.
+SELECT count(*) AS failed FROM (
+    SELECT 1 FROM argus.frame_embeddings
+    WHERE model = %(model)s AND error IS NOT NULL
+    LIMIT %(cap)s + 1
+) f;
+
+-- name: model_failed_estimate
+EXPLAIN (FORMAT JSON) SELECT 1 FROM argus.frame_embeddings
+WHERE model = %(model)s AND error IS NOT NULL;

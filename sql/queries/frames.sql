@@ -15,3 +15,11 @@ SELECT image_uri FROM argus.frames WHERE id = %(frame_id)s;
 -- name: project_has_frames
 -- serve's /search: a project nobody has ingested is a typo, not an empty result (frames_project_idx).
 SELECT EXISTS (SELECT 1 FROM argus.frames WHERE project_id = %(project_id)s) AS found;
+
+-- name: frames_rows_estimate
+-- status: the planner's row count (reltuples scaled to the table's current size), no scan.
+EXPLAIN (FORMAT JSON) SELECT 1 FROM argus.frames;
+
+-- name: frames_count
+-- status, where the estimate is small enough to count exactly.
+SELECT count(*) AS frames FROM argus.frames;

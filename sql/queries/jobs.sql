@@ -233,3 +233,109 @@ WHERE EXISTS (
 ORDER BY v.video_id
 ON CONFLICT DO NOTHING
 RETURNING id, video_id;
+
+-- --- status and the queue gauges: reads that stay cheap at any size -----------------
+
+-- name: jobs_rows_estimate
+-- The planner's row count for the whole table (reltuples scaled to its current size):
+-- no scan. At or below status's exact limit the table is counted (queue_counts).
+EXPLAIN (FORMAT JSON) SELECT 1 FROM argus.embedding_jobs;
+
+-- name: jobs_state_estimate
+-- The planner's estimate of one state's jobs (its share in pg_stats): no scan.
+EXPLAIN (FORMAT JSON) SELECT 1 FROM argus.embedding_jobs WHERE status = %(state)s;
+
+-- name: queue_active_counts
+-- Queued and running jobs, each counted exactly up to `cap` + 1 entries of its partial
+-- index (embedding_jobs_claim_idx, embedding_jobs_lease_idx): cost bounded by the cap.
+SELECT (SELECT count(*) FROM (SELECT 1 FROM argus.embedding_jobs
+                              WHERE status = 'queued' LIMIT %(cap)s + 1) q) AS queued,
+       (SELECT count(*) FROM (SELECT 1 FROM argus.embedding_jobs
+                              WHERE status = 'running' LIMIT %(cap)s + 1) r) AS running;
+
+-- name: running_progress
+-- Running jobs with the device of their worker and the frames they wrote in
+-- the last minute (or since they started, if later): the job's recent rate.
+-- Per running job one range probe of frames' (video_id, frame_index) index and a
+-- primary-key probe per frame: it grows with the running videos, not the tables.
+SELECT j.id, j.video_id, j.model, j.worker_id, j.attempts,
+       j.frames_total, j.frames_done, j.frames_failed,
+       extract(epoch FROM now() - j.started_at)::double precision AS running_seconds,
+       extract(epoch FROM j.lease_expires_at - now())::double precision AS lease_left_seconds,
+       w.device,
+       recent.frames AS recent_frames,
+       extract(epoch FROM now() - greatest(j.started_at, now() - interval '60 seconds'))
+           ::double precision AS recent_seconds
+FROM argus.embedding_jobs j
+LEFT JOIN argus.workers w ON w.worker_id = j.worker_id
+CROSS JOIN LATERAL (
+    SELECT count(*) AS frames
+    FROM argus.frames f
+    JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = j.model
+    WHERE f.video_id = j.video_id
+      AND e.created_at >= greatest(j.started_at, now() - interval '60 seconds')
+) recent
+WHERE j.status = 'running'
+ORDER BY j.started_at, j.id;
+
+-- name: fleet_rate
+-- Frames the fleet wrote lately, found through the jobs that wrote them (the
+-- running ones and the last `jobs` finished within `window` seconds: both
+-- index scans), never a scan of all vectors. If more than `jobs` jobs finished
+-- in the window, the window shrinks to the oldest of those, so the cost stays
+-- bounded however busy the fleet is. `seconds` is the window the frames were
+-- counted over (its start to now), the rate's divisor: `window`, or less when
+-- it shrank. (Dividing by the time since the first write in the window, as
+-- before, gave a rate over a span the label did not name.)
+WITH finished AS (
+    SELECT j.video_id, j.model, j.finished_at FROM argus.embedding_jobs j
+    WHERE j.finished_at > now() - make_interval(secs => %(window)s) AND j.model IS NOT NULL
+    ORDER BY j.finished_at DESC
+    LIMIT %(jobs)s
+), since AS (
+    SELECT CASE WHEN count(*) < %(jobs)s THEN now() - make_interval(secs => %(window)s)
+                ELSE min(finished_at) END AS at
+    FROM finished
+), recent_jobs AS (
+    SELECT video_id, model FROM finished
+    UNION
+    SELECT j.video_id, j.model FROM argus.embedding_jobs j WHERE j.status = 'running'
+)
+SELECT (SELECT count(*)
+        FROM recent_jobs r
+        JOIN argus.frames f ON f.video_id = r.video_id
+        JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = r.model
+        WHERE e.created_at > (SELECT at FROM since)) AS frames,
+       extract(epoch FROM now() - (SELECT at FROM since))::double precision AS seconds;
+
+-- name: frames_waiting
+-- Frames still to embed for every (video, model) with a queued or running
+-- job; a NULL-model job counts against `model`, the configured one. At most
+-- `cap` queued jobs are listed (an index scan that stops there) and `sample`
+-- random pairs of those are counted exactly, each one range probe of frames'
+-- (video_id, frame_index) index and a primary-key probe per frame (the LATERAL
+-- keeps the planner from hashing the model's every row); with more pairs, the
+-- caller scales the count up: a huge backfill costs the same.
+WITH queued AS MATERIALIZED (
+    SELECT j.video_id, coalesce(j.model, %(model)s) AS model FROM argus.embedding_jobs j
+    WHERE j.status = 'queued'
+    LIMIT %(cap)s
+), pairs AS MATERIALIZED (
+    SELECT video_id, model FROM queued
+    UNION
+    SELECT j.video_id, j.model FROM argus.embedding_jobs j
+    WHERE j.status = 'running'
+), sampled AS MATERIALIZED (
+    SELECT p.video_id, p.model FROM pairs p ORDER BY random() LIMIT %(sample)s
+)
+SELECT (SELECT count(*) FROM queued) AS queued_listed,
+       (SELECT count(*) FROM pairs) AS pairs,
+       (SELECT count(*) FROM sampled) AS sampled,
+       (SELECT coalesce(sum(m.frames), 0)
+        FROM sampled s
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS frames FROM argus.frames f
+            WHERE f.video_id = s.video_id
+              AND NOT EXISTS (SELECT 1 FROM argus.frame_embeddings e
+                              WHERE e.frame_id = f.id AND e.model = s.model)
+        ) m) AS frames;

@@ -113,7 +113,7 @@ LIMIT %(limit)s;
 -- Frames each project's jobs wrote lately, as status_fleet_rate counts the
 -- fleet's (the running jobs and the last `jobs` finished within `window`
 -- seconds, the window shrinking to the oldest of those when more finished),
--- per project. `seconds`: since the project's first such write.
+-- per project. `seconds`: the window they were counted over (its start to now).
 WITH finished AS (
     SELECT j.video_id, j.model, j.project_id, j.finished_at FROM argus.embedding_jobs j
     WHERE j.finished_at > now() - make_interval(secs => %(window)s) AND j.model IS NOT NULL
@@ -130,7 +130,7 @@ WITH finished AS (
     WHERE j.status = 'running'
 )
 SELECT r.project_id, count(*) AS frames,
-       extract(epoch FROM now() - min(e.created_at))::double precision AS seconds
+       extract(epoch FROM now() - (SELECT at FROM since))::double precision AS seconds
 FROM recent_jobs r
 JOIN argus.frames f ON f.video_id = r.video_id
 JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = r.model

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from argus_embedder.bench import dataset, fairness, search_growth, suite
+from argus_embedder.bench import dataset, fairness, search_growth, status_growth, suite
 from argus_embedder.pipeline import embedder, worker
 from tests import support
 from tests.conftest import PostgresServer, S3Endpoint, textured_jpeg
@@ -38,6 +38,7 @@ DESIGN_KEYS = {
     "fair_start_wait_ratio",
     "search_p95_growth",
     "decode_speedup_over_stock",
+    "status_growth",
     "gpu_e2e_frames_per_second",
 }
 
@@ -148,3 +149,20 @@ def test_fairness_figure_comes_from_a_real_worker(
         "SELECT count(*) AS n FROM argus.embedding_jobs WHERE status IN ('queued', 'running')"
     ).fetchone()
     assert left is not None and left["n"] == 0  # the rest of the backlog is cancelled
+
+
+def test_status_growth_times_status_over_two_databases(postgres_server: PostgresServer) -> None:
+    """At a tiny scale: both databases hold what they should, status --json runs over
+    each as its own process, and the figure is the ratio of the two median walls."""
+    result = status_growth.run(postgres_server.admin_url, [300, 3000], [20, 200], rounds=1)
+    small, large = result.sizes
+    assert (small.frames, large.frames, small.queued, large.queued) == (300, 3000, 20, 200)
+    assert len(small.status_seconds) == len(large.status_seconds) == 1
+    assert result.growth == pytest.approx(large.status_seconds[0] / small.status_seconds[0])
+    assert result.growth > 0 and result.above_startup_growth > 0
+    assert small.estimated == large.estimated == []  # this small, everything is exact
+    with psycopg.connect(postgres_server.admin_url) as admin:
+        left = admin.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'argus_bench_status%%'"
+        ).fetchone()
+    assert left == (0,)  # both dropped

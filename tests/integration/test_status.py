@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from argus_embedder import cli, settings
+from argus_embedder import cli, db, settings
 from argus_embedder.commands import status
 from argus_embedder.gateways import index, queue, store
 from argus_embedder.pipeline import embedder, worker
@@ -124,9 +124,10 @@ def test_a_huge_queue_is_counted_on_a_sample(
 ) -> None:
     for n in range(5):
         support.add_video(conn, f"backlog-{n}", ["x", "y", "z"])
-    assert queue_gauges.frames_waiting(conn, "test/model") == (15, False)
-    monkeypatch.setattr(queue_gauges, "WAITING_SAMPLE", 2)
-    assert queue_gauges.frames_waiting(conn, "test/model") == (15, True)  # 2 of 5 videos, scaled
+    assert queue.frames_waiting(conn, "test/model", queued=5) == db.Count(15)
+    # 2 of 5 videos counted, scaled up
+    assert queue.frames_waiting(conn, "test/model", queued=5, sample=2) == db.Count(15, True)
+    monkeypatch.setattr(queue, "WAITING_SAMPLE", 2)
     assert status.render(status.collect(conn)).count("~15 frame(s) waiting") == 1
 
 
@@ -234,3 +235,83 @@ def test_status_shows_the_biggest_project_backlogs_not_every_project(
     assert "  p11: weight 4, paused (cap 0), 1 queued, 0 running, 12 frame(s) waiting" in text
     assert "p01" not in text
     assert "… and 3 more project(s): `argus-embedder project list`" in text
+
+
+def _embed_video(
+    conn: psycopg.Connection[Any], model: str, video_id: str, frames: int, *, failed: int = 0
+) -> queue.Job:
+    """A video whose job a claimer ran to the end: `frames` rows, the first `failed` errors."""
+    support.add_video(conn, video_id, [f"s3://bucket/{video_id}/{i}.jpg" for i in range(frames)])
+    claimer = queue.Queue(model=model, worker_id="gpu-host:0", lease_seconds=60)
+    [job] = claimer.claim(conn)
+    listed = claimer.missing_frames(conn, [job])[job.id]
+    info = index.info(conn, model)
+    assert info is not None
+    index.Segments(info).ensure(conn, [frame.id for frame in listed])
+    vector = np.ones(info.dimension, dtype=np.float32) / np.sqrt(info.dimension)
+    results = [
+        store.FrameResult(frame.id, error="broken")
+        if n < failed
+        else store.FrameResult(frame.id, vector=vector)
+        for n, frame in enumerate(listed)
+    ]
+    store.write(conn, [store.JobWrite(job, results)], preprocessing="test", lease_seconds=60)
+    assert claimer.complete(conn, job) is not None
+    return job
+
+
+def test_past_the_exact_limits_status_shows_estimates_and_says_so(
+    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every table above the exact limit and the partial-index counts above their
+    cap, figures are the planner's, marked in the JSON and with `~` in the text; counts
+    within the cap stay exact (failed frames)."""
+    model = "test/model"
+    index.register(conn, model, 4)
+    _embed_video(conn, model, "done", 20, failed=2)
+    for n in range(4):
+        support.add_video(conn, f"waiting-{n}", ["x", "y", "z"])
+    conn.execute("ANALYZE")
+    exact = status.collect(conn, model=model)
+    assert not any(exact["jobs_estimated"].values())
+    assert exact["jobs"]["queued"] == 4 and exact["jobs"]["succeeded"] == 1
+    [covered] = exact["coverage"]
+    assert (covered["frames"], covered["with_row"], covered["failed"]) == (32, 20, 2)
+    assert not covered["estimated"] and not covered["failed_estimated"]
+
+    monkeypatch.setattr(db, "EXACT_ROWS", 0)
+    monkeypatch.setattr(db, "COUNT_CAP", 2)
+    report = status.collect(conn, model=model)
+    assert report["jobs_estimated"] == {
+        "queued": True,  # 4 > the cap of 2
+        "running": False,  # none: within the cap, exact
+        "succeeded": True,
+        "failed": True,
+        "cancelled": True,
+    }
+    assert report["jobs"]["queued"] >= 3 and report["jobs"]["running"] == 0
+    [covered] = report["coverage"]
+    assert covered["estimated"] and covered["failed_estimated"] is False
+    assert (covered["frames"], covered["with_row"], covered["failed"]) == (32, 20, 2)
+    text = status.render(report)
+    assert f"queued ~{report['jobs']['queued']}, running 0, succeeded ~" in text
+    assert f"{model} (configured): ~20/~32 frames (~62.5%), 2 failed, ~12 missing" in text
+
+
+def test_the_fleet_rate_is_over_the_window_it_names(conn: psycopg.Connection[Any]) -> None:
+    """30 frames written 100 s ago, nothing since: 30 over the last 5 minutes is 0.1/s (not
+    30 over the 100 s since the first of them, a span the label did not name)."""
+    model = "test/model"
+    index.register(conn, model, 4)
+    _embed_video(conn, model, "done", 30)
+    conn.execute(
+        "UPDATE argus.frame_embeddings SET created_at = now() - interval '100 seconds' "
+        "WHERE model = %s",
+        (model,),
+    )
+    report = status.collect(conn, model=model)
+    backlog = report["queue"]
+    assert backlog["frames_per_second"] == pytest.approx(30 / status.FLEET_WINDOW_SECONDS, 0.05)
+    assert backlog["frames_written"] == 30
+    assert backlog["rate_window_seconds"] == pytest.approx(status.FLEET_WINDOW_SECONDS, abs=5)
+    assert "fleet wrote 30 frame(s) in the last 5m 00s (0.1 frames/s)" in status.render(report)

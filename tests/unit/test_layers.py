@@ -70,6 +70,18 @@ def test_every_import_goes_down_the_layers() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def test_status_reads_through_gateways_not_services() -> None:
+    """An operator's read (issue 29): `status` asks the gateways, never the daemon's
+    services (queue_gauges, reconciler), whose jobs are to run in the loop."""
+    path = PACKAGE / "commands" / "status.py"
+    strays = sorted(
+        target
+        for target in _imports(ast.parse(path.read_text()))
+        if target.startswith(("services", "pipeline", "runtime"))
+    )
+    assert strays == []
+
+
 def _loaded_after(code: str) -> set[str]:
     result = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],

@@ -151,19 +151,35 @@ def upload(endpoint: str, frames: Sequence[bytes]) -> list[str]:
 # --- PostgreSQL ----------------------------------------------------------------
 
 
+# The scratch databases a bench may create: name -> its drop and create blocks.
+SCRATCH_BLOCKS = {
+    DATABASE: ("bench_drop_database", "bench_create_database"),
+    "argus_bench_status_1x": (
+        "bench_drop_argus_bench_status_1x",
+        "bench_create_argus_bench_status_1x",
+    ),
+    "argus_bench_status_10x": (
+        "bench_drop_argus_bench_status_10x",
+        "bench_create_argus_bench_status_10x",
+    ),
+}
+
+
 @contextlib.contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    """A freshly created and migrated `argus_bench` database on `admin_url`'s server."""
+def scratch_database(admin_url: str, name: str = DATABASE) -> Iterator[str]:
+    """A freshly created and migrated database `name` on `admin_url`'s server: `argus_bench`,
+    or another of SCRATCH_BLOCKS (DDL takes no parameters: each name has its blocks)."""
+    drop, create = SCRATCH_BLOCKS[name]
     with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(db.queries()["bench_drop_database"])
-        admin.execute(db.queries()["bench_create_database"])
-    url = psycopg.conninfo.make_conninfo(admin_url, dbname=DATABASE)
+        admin.execute(db.queries()[drop])
+        admin.execute(db.queries()[create])
+    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
     try:
         db.migrate(url)
         yield url
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(db.queries()["bench_drop_database"])
+            admin.execute(db.queries()[drop])
 
 
 def server_versions(url: str) -> dict[str, str]:

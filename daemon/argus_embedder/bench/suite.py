@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -36,6 +37,7 @@ from argus_embedder.bench import (
     first_draft,
     peer_queue,
     search_growth,
+    status_growth,
     vector_writes,
 )
 from argus_embedder.gateways import index
@@ -59,6 +61,7 @@ GOALS: dict[str, tuple[str, float]] = {
     "fair_start_wait_ratio": ("<=", 2.0),
     "search_p95_growth": ("<=", 1.5),
     "decode_speedup_over_stock": (">=", 2.0),
+    "status_growth": ("<=", 1.5),
     "gpu_e2e_frames_per_second": (">=", 5_000.0),  # on an H100/H200; null with no GPU
 }
 # What `bench --only` can name: Bench's scenario methods, in run order.
@@ -72,6 +75,7 @@ SCENARIOS = (
     "rss",
     "model_only",
     "search_growth",
+    "status_growth",
 )
 _WITH_TINY = frozenset({"tiny_pipeline", "fairness", "rss"})  # scenarios given the tiny model
 GROWTH_RECALL = 0.95  # search_p95_growth counts only with recall@10 this high at both sizes
@@ -103,6 +107,9 @@ class Plan:
     other_index_kinds: tuple[str, ...]  # searched too, for the trade-offs (not a figure)
     growth_vectors: tuple[int, int]  # search_p95_growth: 1x and 10x; 1x fills one segment
     decode_frames: int = 48  # decode_speedup_over_stock: noisy 720p JPEGs per side and run
+    # status_growth: frames (each with its row) at 1x and 10x, and queued jobs at each
+    status_frames: tuple[int, int] = (1_000_000, 10_000_000)
+    status_queued: tuple[int, int] = (10_000, 100_000)
 
 
 # DESIGN §7's sizes for the full run. The 1M corpus takes ~4 minutes here (1.1M
@@ -155,6 +162,7 @@ QUICK = Plan(
     other_index_kinds=(),
     growth_vectors=(10_000, 100_000),
     decode_frames=16,
+    status_frames=(100_000, 1_000_000),
 )
 
 
@@ -197,7 +205,7 @@ def run(config: Settings, plan: Plan, only: Sequence[str] = ()) -> dict[str, Any
         with progress.step("frames", "drawing and uploading textured 1280x720 JPEGs"):
             frames = dataset.textured_frames(plan.distinct_frames)
             uris = dataset.upload(s3.url, frames)
-        bench = Bench(config, plan, World(url, s3, workdir, frames, uris), progress)
+        bench = Bench(config, plan, World(url, s3, workdir, frames, uris, admin_url), progress)
         bench.run_all(only)
     context = bench.context
     context["machine"] = _machine(load_start)
@@ -224,6 +232,7 @@ class World:
     workdir: Path
     frames: list[bytes]
     uris: list[str]
+    admin_url: str  # the server's, for scenarios with databases of their own
 
 
 class Bench:
@@ -233,6 +242,7 @@ class Bench:
         self.config = config
         self.plan = plan
         self.url = world.url
+        self.admin_url = world.admin_url
         self.endpoint = world.s3.url
         self.workdir = world.workdir
         self.frames = world.frames
@@ -318,6 +328,27 @@ class Bench:
             f"{last.search_ms_p95:.1f} ms over {large:,} ({last.segments}); recall@10 "
             f"{first.recall_at_10:.3f} / {last.recall_at_10:.3f}, compaction "
             f"{'on' if result.maintenance.compaction else 'absent'}"
+        )
+
+    def status_growth(self) -> None:
+        """status_growth: `status --json` wall time over 10x the database ÷ over 1x (two
+        databases of their own, frames each with the model's row, queued jobs over 100
+        projects); its start-up (`status --help`) timed beside it."""
+        frames, queued = self.plan.status_frames, self.plan.status_queued
+        with self.progress.step(
+            "status growth", f"{frames[0]:,} then {frames[1]:,} embedded frames"
+        ):
+            result = status_growth.run(self.admin_url, frames, queued)
+        self.figures["status_growth"] = result.growth
+        self.measurements["status_growth"] = {
+            "design_frames": [1_000_000, 10_000_000],
+            **dataclasses.asdict(result),
+        }
+        small, large = result.sizes
+        self.progress.say(
+            f"status --json {statistics.median(small.status_seconds):.3f} s over "
+            f"{small.frames:,} frames, {statistics.median(large.status_seconds):.3f} s over "
+            f"{large.frames:,}; start-up {statistics.median(small.startup_seconds):.3f} s"
         )
 
     def claims(self) -> None:

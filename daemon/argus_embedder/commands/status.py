@@ -1,12 +1,19 @@
-"""`argus-embedder status` and the queue gauges: what the queue, the running jobs,
-the fleet and each model's coverage look like now.
+"""`argus-embedder status`: what the queue, the running jobs, the fleet and each model's
+coverage look like now, read through the gateways.
+
+Cheap at any size (DESIGN §2): nothing on its path counts a whole large table.
+Queued and running jobs and failed frames are counted exactly from their partial
+indexes up to db.COUNT_CAP; a table the planner puts at or below db.EXACT_ROWS rows
+is counted; anything larger shows the planner's estimate (its statistics, no scan),
+marked `~` in the text and `"estimated": true` (or an `..._estimated` member) in the
+JSON. An estimate is never shown as exact.
 
 Rates come from the vectors themselves (`frame_embeddings.created_at`), found
 through the jobs that wrote them, so no scan of the whole table is needed:
 a running job's rate is what it wrote in the last minute; the fleet's is what
 jobs running or finished in the last five minutes wrote in that window. ETAs
-divide what is left by those rates, and are None when nothing was written
-lately (unknown, not zero).
+divide what is left by those rates, and are None when nothing
+was written lately (unknown, not zero).
 """
 
 from __future__ import annotations
@@ -23,8 +30,7 @@ import psycopg
 
 from argus_embedder import db, errors
 from argus_embedder.commands import common
-from argus_embedder.gateways import passes, projects, queue, workers
-from argus_embedder.services import queue_gauges, reconciler
+from argus_embedder.gateways import frames, index, passes, projects, queue, store, workers
 from argus_embedder.settings import Settings
 
 FLEET_WINDOW_SECONDS = 300.0
@@ -35,16 +41,17 @@ def collect(connection: psycopg.Connection[Any], *, model: str | None = None) ->
     """A JSON-ready report. `model` is the configured one: NULL-model jobs count
     against it, and coverage marks it (None: such jobs count all their frames)."""
     stats = queue.stats(connection)
-    running = [_running_job(row) for row in connection.execute(db.queries()["status_running"])]
     return {
         "jobs": stats.jobs,
+        "jobs_estimated": {state: state in stats.estimated for state in stats.jobs},
         "oldest_queued_seconds": stats.oldest_queued_seconds,
-        "queue": _queue(connection, model),
-        "running": running,
+        "queue": _queue(connection, model, queued=stats.jobs["queued"]),
+        "running": [_running_job(job) for job in queue.running_progress(connection)],
         "coverage": coverage(connection, configured=model),
         "workers": [_worker(info) for info in workers.recent(connection)],
         "reconciler": [
-            _reconciler(record) for record in passes.records(connection, reconciler.NAME_PREFIX)
+            _reconciler(name, record)
+            for name, record in passes.reconciler_records(connection).items()
         ],
         "replica": replica(connection),
         "projects": project_queue(connection, model=model),
@@ -61,17 +68,17 @@ def replica(connection: psycopg.Connection[Any]) -> dict[str, Any] | None:
     nothing arrives (the primary is down or unreachable), and reads are as of the
     last replayed commit.
     """
-    row = connection.execute(db.queries()["status_replica"]).fetchone()
-    if row is None or not row["in_recovery"]:
+    standby = db.standby(connection)
+    if standby is None:
         return None
-    pending = row["pending_bytes"]
-    since = row["last_replay_seconds_ago"]
+    pending = standby.pending_bytes
+    since = standby.last_replay_seconds_ago
     return {
-        "streaming": bool(row["streaming"]),
-        "replay_paused": bool(row["replay_paused"]),
-        "received_lsn": row["received_lsn"],
-        "replayed_lsn": row["replayed_lsn"],
-        "replay_lag_bytes": None if pending is None else int(pending),
+        "streaming": standby.streaming,
+        "replay_paused": standby.replay_paused,
+        "received_lsn": standby.received_lsn,
+        "replayed_lsn": standby.replayed_lsn,
+        "replay_lag_bytes": pending,
         "replay_lag_seconds": 0.0 if pending == 0 else since,
         "last_replay_seconds_ago": since,
     }
@@ -80,62 +87,69 @@ def replica(connection: psycopg.Connection[Any]) -> dict[str, Any] | None:
 def coverage(
     connection: psycopg.Connection[Any], *, configured: str | None
 ) -> list[dict[str, Any]]:
-    """Per registered model: frames with a row (vector or error) of all frames."""
+    """Per registered model: frames with a row (vector or error) of all frames.
+
+    `estimated`: frames, with_row, embedded, missing and coverage are (or derive from)
+    planner estimates; `failed_estimated` likewise for failed. The reconciler's
+    last pass (in `reconciler`) has the exact missing frames of the configured model."""
     result = []
-    for row in connection.execute(db.queries()["status_coverage"]):
-        frames, with_row, failed = int(row["frames"]), int(row["with_row"]), int(row["failed"])
+    total = frames.count(connection)
+    for info in index.models(connection):
+        rows = store.model_rows(connection, info.model)
+        with_row, failed = rows.with_row.value, rows.failed.value
         result.append(
             {
-                "model": row["model"],
-                "configured": row["model"] == configured,
-                "dimension": row["dimension"],
-                "index_kind": row["index_kind"],
-                "frames": frames,
+                "model": info.model,
+                "configured": info.model == configured,
+                "dimension": info.dimension,
+                "index_kind": info.index_kind,
+                "frames": total.value,
                 "with_row": with_row,
-                "embedded": with_row - failed,
+                "embedded": max(with_row - failed, 0),
                 "failed": failed,
-                "missing": max(frames - with_row, 0),
-                "coverage": with_row / frames if frames else 1.0,
+                "missing": max(total.value - with_row, 0),
+                "coverage": min(with_row / total.value, 1.0) if total.value else 1.0,
+                "estimated": total.estimated or rows.with_row.estimated,
+                "failed_estimated": rows.failed.estimated,
             }
         )
     return result
 
 
-def _queue(connection: psycopg.Connection[Any], model: str | None) -> dict[str, Any]:
-    waiting, estimated = queue_gauges.frames_waiting(connection, model)
-    row = connection.execute(
-        db.queries()["status_fleet_rate"],
-        {"window": FLEET_WINDOW_SECONDS, "jobs": FLEET_RATE_JOBS},
-    ).fetchone()
-    written = 0 if row is None else int(row["frames"])
-    rate = _rate(written, None if row is None else row["seconds"])
+def _queue(
+    connection: psycopg.Connection[Any], model: str | None, *, queued: int
+) -> dict[str, Any]:
+    waiting = queue.frames_waiting(connection, model, queued=queued)
+    fleet = queue.fleet_rate(connection, window=FLEET_WINDOW_SECONDS, jobs=FLEET_RATE_JOBS)
+    rate = _rate(fleet.frames, fleet.seconds)
     return {
-        "frames_waiting": waiting,
-        "frames_waiting_estimated": estimated,
+        "frames_waiting": waiting.value,
+        "frames_waiting_estimated": waiting.estimated,
         "frames_per_second": rate,
-        "rate_window_seconds": FLEET_WINDOW_SECONDS,
-        "eta_seconds": _eta(waiting, rate),
+        "frames_written": fleet.frames,
+        "rate_window_seconds": fleet.seconds,
+        "eta_seconds": _eta(waiting.value, rate),
     }
 
 
-def _running_job(row: dict[str, Any]) -> dict[str, Any]:
-    total, done = row["frames_total"], row["frames_done"]
-    rate = _rate(int(row["recent_frames"]), row["recent_seconds"])
+def _running_job(job: queue.RunningJob) -> dict[str, Any]:
+    total, done = job.frames_total, job.frames_done
+    rate = _rate(job.recent_frames, job.recent_seconds)
     return {
-        "id": row["id"],
-        "video_id": row["video_id"],
-        "model": row["model"],
-        "worker_id": row["worker_id"],
-        "device": row["device"],
-        "attempts": row["attempts"],
+        "id": job.id,
+        "video_id": job.video_id,
+        "model": job.model,
+        "worker_id": job.worker_id,
+        "device": job.device,
+        "attempts": job.attempts,
         "frames_total": total,
         "frames_done": done,
-        "frames_failed": row["frames_failed"],
+        "frames_failed": job.frames_failed,
         "progress": (done / total) if total else None,
         "frames_per_second": rate,
         "eta_seconds": _eta(max(total - done, 0), rate) if total is not None else None,
-        "running_seconds": row["running_seconds"],
-        "lease_left_seconds": row["lease_left_seconds"],
+        "running_seconds": job.running_seconds,
+        "lease_left_seconds": job.lease_left_seconds,
     }
 
 
@@ -151,9 +165,9 @@ def _worker(info: workers.WorkerInfo) -> dict[str, Any]:
     }
 
 
-def _reconciler(record: passes.PassRecord) -> dict[str, Any]:
+def _reconciler(model: str, record: passes.PassRecord) -> dict[str, Any]:
     return {
-        "model": record.name.removeprefix(reconciler.NAME_PREFIX),
+        "model": model,
         "worker_id": record.worker_id,
         "finished_seconds_ago": record.age_seconds,
         **record.result,
@@ -177,16 +191,21 @@ def _eta(left: int, rate: float) -> float | None:
 
 
 def render(report: dict[str, Any]) -> str:
-    jobs = report["jobs"]
-    lines = ["jobs: " + ", ".join(f"{state} {count}" for state, count in jobs.items())]
+    jobs, estimated = report["jobs"], report.get("jobs_estimated", {})
+    lines = [
+        "jobs: "
+        + ", ".join(
+            f"{state} {_count(count, estimated.get(state, False))}" for state, count in jobs.items()
+        )
+    ]
     oldest = report["oldest_queued_seconds"]
     lines.append("oldest queued: " + ("none" if oldest is None else f"{_duration(oldest)} ago"))
     backlog = report["queue"]
     lines.append(
-        f"queue: {'~' if backlog['frames_waiting_estimated'] else ''}"
-        f"{backlog['frames_waiting']} frame(s) waiting, fleet "
-        f"{backlog['frames_per_second']:.1f} frames/s over the last "
-        f"{_duration(backlog['rate_window_seconds'])}, ETA {_eta_text(backlog['eta_seconds'])}"
+        f"queue: {_count(backlog['frames_waiting'], backlog['frames_waiting_estimated'])}"
+        f" frame(s) waiting, fleet wrote {backlog['frames_written']} frame(s) in the last "
+        f"{_duration(backlog['rate_window_seconds'])} "
+        f"({backlog['frames_per_second']:.1f} frames/s), ETA {_eta_text(backlog['eta_seconds'])}"
     )
     if report["running"]:
         lines.append("running:")
@@ -203,10 +222,12 @@ def render(report: dict[str, Any]) -> str:
         lines.append("coverage:")
     for model in report["coverage"]:
         mark = " (configured)" if model["configured"] else ""
+        rough = "~" if model["estimated"] else ""
         lines.append(
-            f"  {model['model']}{mark}: {model['with_row']}/{model['frames']} frames "
-            f"({100 * model['coverage']:.1f}%), {model['failed']} failed, "
-            f"{model['missing']} missing, index {model['index_kind']}"
+            f"  {model['model']}{mark}: {rough}{model['with_row']}/{rough}{model['frames']} "
+            f"frames ({rough}{100 * model['coverage']:.1f}%), "
+            f"{_count(model['failed'], model['failed_estimated'])} failed, "
+            f"{rough}{model['missing']} missing, index {model['index_kind']}"
         )
     if report["workers"]:
         lines.append("workers:")
@@ -251,6 +272,11 @@ def _replica_line(standby: dict[str, Any]) -> str:
             "replayed commit" + ("" if since is None else f", {_duration(since)} ago")
         )
     return text
+
+
+def _count(value: int, estimated: bool) -> str:
+    """A count as status prints it: an estimate marked `~`, never shown as exact."""
+    return f"~{value}" if estimated else str(value)
 
 
 def _eta_text(seconds: float | None) -> str:
@@ -311,9 +337,6 @@ def watch(
     finally:
         if connection is not None:
             connection.close()
-
-
-# --- the queue gauges ---------------------------------------------------------------
 
 
 def main(args: argparse.Namespace, config: Settings) -> int:

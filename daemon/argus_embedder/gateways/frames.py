@@ -59,3 +59,15 @@ def project_exists(connection: psycopg.Connection[Any], project_id: str) -> bool
         db.queries()["project_has_frames"], {"project_id": project_id}
     ).fetchone()
     return row is not None and bool(row["found"])
+
+
+def count(connection: psycopg.Connection[Any], *, exact_rows: int | None = None) -> db.Count:
+    """All frames: counted where the planner puts them at or below `exact_rows`, else the
+    planner's estimate (no scan of a table that only grows)."""
+    exact_rows = db.EXACT_ROWS if exact_rows is None else exact_rows
+    estimate = db.planned_rows(connection, "frames_rows_estimate")
+    if estimate > exact_rows:
+        return db.Count(estimate, estimated=True)
+    row = connection.execute(db.queries()["frames_count"]).fetchone()
+    assert row is not None
+    return db.Count(int(row["frames"]))

@@ -348,3 +348,9 @@ def unregister(connection: psycopg.Connection[Any], model: str, *, lock_timeout:
     must never queue in front of searches and writes behind a long query)."""
     connection.execute(db.queries()["prune_lock_timeout"], {"timeout": lock_timeout})
     connection.execute(db.queries()["unregister_model"], {"model": model})
+
+
+def models(connection: psycopg.Connection[Any]) -> list[ModelInfo]:
+    """Every registered model, by name."""
+    with connection.cursor(row_factory=class_row(ModelInfo)) as cursor:
+        return cursor.execute(db.queries()["models"]).fetchall()

@@ -23,6 +23,8 @@ from psycopg.types.json import Jsonb
 
 from argus_embedder import db
 
+RECONCILER_PREFIX = "reconcile:"  # + model: the reconciler's pass for that model
+
 
 @dataclasses.dataclass(frozen=True)
 class PassRecord:
@@ -79,3 +81,11 @@ def records(connection: psycopg.Connection[Any], prefix: str) -> list[PassRecord
     pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     with connection.cursor(row_factory=class_row(PassRecord)) as cursor:
         return cursor.execute(db.queries()["passes_like"], {"pattern": pattern}).fetchall()
+
+
+def reconciler_records(connection: psycopg.Connection[Any]) -> dict[str, PassRecord]:
+    """The reconciler's last pass per model (model -> record)."""
+    return {
+        record.name.removeprefix(RECONCILER_PREFIX): record
+        for record in records(connection, RECONCILER_PREFIX)
+    }

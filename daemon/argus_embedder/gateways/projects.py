@@ -51,7 +51,7 @@ class Backlog:
 
 @dataclasses.dataclass(frozen=True)
 class Rate:
-    """Frames a project's jobs wrote lately, over `seconds` (since its first such write)."""
+    """Frames a project's jobs wrote lately, over `seconds` (the window, up to now)."""
 
     frames: int
     seconds: float | None

@@ -58,10 +58,43 @@ class Frame:
     image_uri: str
 
 
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
+WAITING_SAMPLE = 1000  # (video, model) pairs whose frames are counted exactly; more: scaled
+
+
 @dataclasses.dataclass(frozen=True)
 class QueueStats:
     jobs: dict[str, int]
     oldest_queued_seconds: float | None
+    estimated: frozenset[str] = frozenset()  # the states whose count is the planner's
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningJob:
+    """A running job as status shows it, with what it wrote in its last minute."""
+
+    id: int
+    video_id: str
+    model: str
+    worker_id: str | None
+    attempts: int
+    frames_total: int | None
+    frames_done: int
+    frames_failed: int
+    running_seconds: float | None
+    lease_left_seconds: float | None
+    device: str | None
+    recent_frames: int
+    recent_seconds: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetRate:
+    """Frames the fleet wrote over the last `seconds` (the rate's window, up to now)."""
+
+    frames: int
+    seconds: float
 
 
 # A claim told "busy" (its lanes held by other claimers) tries again, waiting for
@@ -362,13 +395,94 @@ def job_status(connection: psycopg.Connection[Any], job_id: int) -> str | None:
     return None if row is None else str(row["status"])
 
 
-def stats(connection: psycopg.Connection[Any]) -> QueueStats:
-    counts = {state: 0 for state in ("queued", "running", "succeeded", "failed", "cancelled")}
-    for row in connection.execute(db.queries()["queue_counts"]):
-        counts[row["state"]] = int(row["jobs"])
-    oldest = connection.execute(db.queries()["oldest_queued"]).fetchone()
+def stats(
+    connection: psycopg.Connection[Any],
+    *,
+    cap: int | None = None,
+    exact_rows: int | None = None,
+) -> QueueStats:
+    """Jobs per state and the oldest claimable queued job's age, at a cost that does not
+    grow with the table: a table the planner puts at or below `exact_rows` is counted;
+    a larger one has its queued and running jobs counted from their partial indexes up
+    to `cap` and its finished jobs (which pile up forever) estimated by the planner."""
+    cap = db.COUNT_CAP if cap is None else cap
+    exact_rows = db.EXACT_ROWS if exact_rows is None else exact_rows
+    q = db.queries()
+    counts = {state: 0 for state in STATES}
+    estimated: set[str] = set()
+    if db.planned_rows(connection, "jobs_rows_estimate") <= exact_rows:
+        for row in connection.execute(q["queue_counts"]):
+            counts[row["state"]] = int(row["jobs"])
+    else:
+        active = connection.execute(q["queue_active_counts"], {"cap": cap}).fetchone()
+        assert active is not None
+        for state in ("queued", "running"):
+            count = db.capped(
+                int(active[state]),
+                db.planned_rows(connection, "jobs_state_estimate", state=state)
+                if active[state] > cap
+                else 0,
+                cap,
+            )
+            counts[state] = count.value
+            if count.estimated:
+                estimated.add(state)
+        for state in FINISHED_STATES:
+            counts[state] = db.planned_rows(connection, "jobs_state_estimate", state=state)
+            estimated.add(state)
+    oldest = connection.execute(q["oldest_queued"]).fetchone()
     age = None if oldest is None else oldest["age_seconds"]
-    return QueueStats(jobs=counts, oldest_queued_seconds=age)
+    return QueueStats(jobs=counts, oldest_queued_seconds=age, estimated=frozenset(estimated))
+
+
+def frames_waiting(
+    connection: psycopg.Connection[Any],
+    model: str | None,
+    *,
+    queued: int,
+    sample: int | None = None,
+    cap: int | None = None,
+) -> db.Count:
+    """Frames still to embed for every (video, model) with a queued or running job.
+
+    `queued` is the queue's count (`stats`, maybe an estimate): with more than `cap`
+    queued jobs only `cap` are listed, and the pairs beyond them are taken from it.
+    Counted exactly on at most `sample` (default WAITING_SAMPLE) random pairs, scaled up when
+    there are more: then it is an estimate."""
+    cap = db.COUNT_CAP if cap is None else cap
+    if sample is None:
+        sample = WAITING_SAMPLE
+    row = connection.execute(
+        db.queries()["frames_waiting"], {"model": model, "sample": sample, "cap": cap}
+    ).fetchone()
+    if row is None or not row["sampled"]:
+        return db.Count(0)
+    listed, pairs = int(row["queued_listed"]), int(row["pairs"])
+    sampled, frames = int(row["sampled"]), int(row["frames"])
+    if listed >= cap:
+        pairs += max(queued - listed, 0)
+    if sampled >= pairs:
+        return db.Count(frames)
+    return db.Count(round(frames * pairs / sampled), estimated=True)
+
+
+def running_progress(connection: psycopg.Connection[Any]) -> list[RunningJob]:
+    """Running jobs, oldest first, with their worker's device and their last minute's writes."""
+    fields = [field.name for field in dataclasses.fields(RunningJob)]
+    return [
+        RunningJob(**{name: row[name] for name in fields})
+        for row in connection.execute(db.queries()["running_progress"])
+    ]
+
+
+def fleet_rate(connection: psycopg.Connection[Any], *, window: float, jobs: int) -> FleetRate:
+    """Frames written over the last `window` seconds by the running jobs and the last
+    `jobs` finished ones (the window shrinks to the oldest of those when more finished)."""
+    row = connection.execute(
+        db.queries()["fleet_rate"], {"window": window, "jobs": jobs}
+    ).fetchone()
+    assert row is not None
+    return FleetRate(frames=int(row["frames"]), seconds=float(row["seconds"]))
 
 
 def enqueue_missing(

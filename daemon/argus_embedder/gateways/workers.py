@@ -37,7 +37,7 @@ class WorkerInfo:
 def recent(connection: psycopg.Connection[Any], seconds: float = SHOWN_SECONDS) -> list[WorkerInfo]:
     """Daemons seen within `seconds`, stopped ones included (they say so)."""
     with connection.cursor(row_factory=class_row(WorkerInfo)) as cursor:
-        return cursor.execute(db.queries()["status_workers"], {"seconds": seconds}).fetchall()
+        return cursor.execute(db.queries()["workers_recent"], {"seconds": seconds}).fetchall()
 
 
 def seen(connection: psycopg.Connection[Any], worker_id: str) -> bool:

@@ -7,7 +7,6 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import db
 from argus_embedder.gateways import passes, queue
 from argus_embedder.runtime import metrics
 from argus_embedder.services import periodic
@@ -16,30 +15,19 @@ from argus_embedder.settings import Settings
 QUEUE_STATS_NAME = "queue-stats"
 QUEUE_STATS_SECONDS = 15.0  # the fleet computes the queue snapshot about this often
 QUEUE_STATS_TICK = 5.0  # each daemon refreshes its gauges from the snapshot this often
-WAITING_SAMPLE = 1000  # (video, model) pairs counted exactly; more are extrapolated
-
-
-def frames_waiting(connection: psycopg.Connection[Any], model: str | None) -> tuple[int, bool]:
-    """Frames still to embed for every (video, model) with a queued or running job,
-    and whether that is an estimate (more than WAITING_SAMPLE such pairs)."""
-    row = connection.execute(
-        db.queries()["status_frames_waiting"], {"model": model, "sample": WAITING_SAMPLE}
-    ).fetchone()
-    if row is None or not row["sampled"]:
-        return 0, False
-    pairs, sampled, frames = int(row["pairs"]), int(row["sampled"]), int(row["frames"])
-    if sampled >= pairs:
-        return frames, False
-    return round(frames * pairs / sampled), True
 
 
 def queue_snapshot(connection: psycopg.Connection[Any], model: str) -> dict[str, Any]:
-    """Job counts, oldest queued age and frames waiting: what the queue gauges show."""
+    """Job counts, oldest queued age and frames waiting: what the queue gauges show. The
+    same cheap reads as status (gateways.queue): partial indexes counted up to a cap,
+    planner estimates beyond, a sample of the queue's frames; none grows with the tables."""
     stats = queue.stats(connection)
     return {
         "jobs": stats.jobs,
         "oldest_queued_seconds": stats.oldest_queued_seconds,
-        "frames_waiting": frames_waiting(connection, model)[0],
+        "frames_waiting": queue.frames_waiting(
+            connection, model, queued=stats.jobs["queued"]
+        ).value,
     }
 
 

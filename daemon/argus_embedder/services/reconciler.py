@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 CHUNK_FRAMES = 100_000
 PRIORITY = 0  # missed frames are fresh work, not a backfill
 SETTLE_SECONDS = 60.0  # at most this long, a video still receiving frames is left alone
-NAME_PREFIX = "reconcile:"
+NAME_PREFIX = passes.RECONCILER_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
