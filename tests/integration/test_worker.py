@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ def test_video_of_50_frames_matches_hf_with_bad_frames_as_error_rows(
     s3: S3Endpoint,
     tiny_embedder: embedder.Embedder,
     tiny_siglip_dir: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     images = [textured_jpeg(seed) for seed in range(50)]
     uris = [s3.put(f"v1/{i:04d}.jpg", data) for i, data in enumerate(images)]
@@ -65,6 +67,7 @@ def test_video_of_50_frames_matches_hf_with_bad_frames_as_error_rows(
     job_id = support.add_video(conn, "v1", uris)
     assert job_id is not None
 
+    caplog.set_level(logging.WARNING, logger="argus_embedder.pipeline.failed_frames")
     run_burst(conn.info.dsn, s3, tiny_embedder)
 
     job = support.job(conn, job_id)
@@ -75,6 +78,14 @@ def test_video_of_50_frames_matches_hf_with_bad_frames_as_error_rows(
     errors = {row["frame_index"]: row["error"] for row in rows if row["error"]}
     assert set(errors) == {7, 23}
     assert "missing.jpg" in errors[7]
+    # Each failed frame logged once, with its id, video, model and reason (DESIGN §6).
+    logged = [record.getMessage() for record in caplog.records]
+    for row in rows:
+        if row["error"]:
+            said = f"frame {row['frame_id']} of video 'v1' (job {job_id}, model "
+            assert [line for line in logged if line.startswith(said)] == [
+                f"{said}{tiny_embedder.model}) failed: {row['error']}"
+            ], logged
     good = [row for row in rows if row["embedding"] is not None]
     vectors = np.stack([row["embedding"].to_numpy() for row in good])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

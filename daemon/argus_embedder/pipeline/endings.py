@@ -16,6 +16,7 @@ import psycopg_pool
 from argus_embedder import errors
 from argus_embedder.gateways import store
 from argus_embedder.gateways.queue import Claim, Job, Queue
+from argus_embedder.pipeline.failed_frames import FailedFrames
 from argus_embedder.pipeline.ledger import Ledger, Outcome
 from argus_embedder.runtime import metrics
 
@@ -26,9 +27,14 @@ class Endings:
     """Ends the ledger's claims, in the database where that takes a statement."""
 
     def __init__(
-        self, pool: psycopg_pool.ConnectionPool[Any], queue: Queue, ledger: Ledger
+        self,
+        pool: psycopg_pool.ConnectionPool[Any],
+        queue: Queue,
+        ledger: Ledger,
+        failed_frames: FailedFrames | None = None,
     ) -> None:
         self._pool = pool
+        self.failed_frames = failed_frames or FailedFrames()
         self._queue = queue
         self._ledger = ledger
 
@@ -37,6 +43,7 @@ class Endings:
         entry = self._ledger.finish(claim, outcome)
         if entry is None:
             return
+        self.failed_frames.ended(entry.job)
         metrics.JOBS_COMPLETED.labels(outcome=outcome.value).inc()
         if outcome is Outcome.SUCCEEDED:
             metrics.JOB_DURATION.observe(self._ledger.clock() - entry.claimed_at)

@@ -114,6 +114,7 @@ class Worker:
                     index.Segments(model),
                     preprocessing=self.embedder.preprocessing,
                     lease_seconds=self.settings.lease_seconds,
+                    failed_frames=endings.failed_frames,
                 )
             ),
             lease_keeper=stack.enter_context(

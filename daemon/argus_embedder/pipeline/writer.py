@@ -19,6 +19,7 @@ import psycopg_pool
 
 from argus_embedder import errors
 from argus_embedder.gateways import index, store
+from argus_embedder.pipeline.failed_frames import FailedFrames
 from argus_embedder.runtime import metrics
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ class Writer:
         *,
         preprocessing: str,
         lease_seconds: float,
+        failed_frames: FailedFrames | None = None,
     ) -> None:
         self._pool = pool
+        self._failed_frames = failed_frames or FailedFrames()
         self._segments = segments
         self._preprocessing = preprocessing
         self._lease_seconds = lease_seconds
@@ -85,6 +88,9 @@ class Writer:
             if claim in outcome.lost or claim in outcome.refused:
                 continue
             failed = job_write.failed
+            for result in job_write.results:
+                if result.error is not None:
+                    self._failed_frames.record(job_write.job, result.frame_id, result.error)
             metrics.FRAMES_PROCESSED.labels(outcome="failed").inc(failed)
             metrics.FRAMES_PROCESSED.labels(outcome="embedded").inc(len(job_write.results) - failed)
         return outcome
