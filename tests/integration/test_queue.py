@@ -18,7 +18,8 @@ from tests.conftest import S3Endpoint, textured_jpeg
 
 MODEL = "test/model"
 # Queued candidates come from a status-partial index: a lane's, or (NULL project) the old one.
-QUEUED_INDEX_SCAN = re.compile(r"Index Scan using embedding_jobs_(lane|claim)_idx")
+# embedding_jobs_queued_run_at_idx (0016) holds queued jobs only, so it stays small too.
+QUEUED_INDEX_SCAN = re.compile(r"Index Scan using embedding_jobs_(lane|claim|queued_run_at)_idx")
 
 
 def make_queue(worker: str = "w1", lease: float = 60.0) -> queue.Queue:
