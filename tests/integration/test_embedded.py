@@ -4,6 +4,8 @@ only when nobody else is connected."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +75,31 @@ def test_a_containers_memory_limit_sizes_the_pool(
     limited.write_text(f"{2 * 2**30}\n")  # a 2 GiB container
     monkeypatch.setattr(db, "CGROUP_MEMORY_LIMITS", (unlimited, limited))
     assert db.embedded_shared_buffers_mb() == min(machine, 512)
+
+
+def _postmaster_pid(data_dir: Path) -> int | None:
+    """The pid of the server running on `data_dir`, if one is."""
+    pid_file = data_dir / "postmaster.pid"
+    if not pid_file.exists():
+        return None
+    pid = int(pid_file.read_text(encoding="ascii").split()[0])
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
+@pytest.mark.parametrize("restart", ["sizing", "restart_embedded"])
+def test_the_server_a_command_started_stops_with_it_after_a_restart_regression(
+    data_dir: Path, restart: str
+) -> None:
+    """A command that started the embedded server stops it when it exits, also when it
+    restarted the server on the way (to size shared_buffers, or a bench's cold runs)."""
+    script = (
+        "import sys; from pathlib import Path; from argus_embedder import db; "
+        "path = Path(sys.argv[1]); db.embedded_url(path, quiet=True); "
+        "sys.argv[2] == 'restart_embedded' and db.restart_embedded(path); "
+        # A command works a while: the old postmaster's pid is long gone when it exits.
+        "import time; time.sleep(2)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(data_dir), restart], check=True, timeout=120
+    )
+    assert _postmaster_pid(data_dir) is None
