@@ -17,7 +17,10 @@ interpreter, the imports and the argument parsing, no database) is timed beside 
 run, so the report also gives what status itself costs above its start-up.
 
 `python -m argus_embedder.bench.status_growth --frames 1000000 --queued 10000`
-builds and times the same at any size against ARGUS_DATABASE_URL's server.
+builds and times the same at any size against ARGUS_DATABASE_URL's server. With
+`--cold` (the embedded server only: it restarts it) each database is also timed once
+cold, as after an operator's restart: the server restarted and, where this process may,
+the operating system's page cache dropped, before the one run.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +64,7 @@ class Size:
     status_seconds: list[float]  # `status --json` wall times, a process each
     startup_seconds: list[float]  # `status --help` wall times: start-up without the database
     estimated: list[str]  # the report's figures shown as estimates
+    cold_seconds: float | None  # one run after a restart (`--cold`), else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +80,10 @@ def run(
     queued: Sequence[int],
     *,
     rounds: int = ROUNDS,
+    restart: Callable[[], None] | None = None,
 ) -> Result:
-    """Build both databases on `admin_url`'s server, time status over each, drop them."""
+    """Build both databases on `admin_url`'s server, time status over each, drop them.
+    With `restart` (it restarts the server), each is then timed once more, cold."""
     with contextlib.ExitStack() as stack:
         urls, loads = [], []
         for name, frame_count, queued_count in zip(DATABASES, frames, queued, strict=True):
@@ -99,6 +106,11 @@ def run(
                     walls[which].append(wall)
                     startups[which].append(startup)
                 reports[which] = report
+        colds: list[float | None] = [None for _ in urls]
+        if restart is not None:
+            for which, url in enumerate(urls):
+                restart()
+                colds[which] = status_wall(url)[0]
     sizes = [
         Size(
             frames=frame_count,
@@ -107,6 +119,7 @@ def run(
             status_seconds=walls[which],
             startup_seconds=startups[which],
             estimated=estimated_figures(reports[which]),
+            cold_seconds=colds[which],
         )
         for which, (frame_count, queued_count) in enumerate(zip(frames, queued, strict=True))
     ]
@@ -233,18 +246,37 @@ def estimated_figures(report: dict[str, Any]) -> list[str]:
     return found
 
 
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def restart_cold() -> None:
+    """Restart the embedded server and drop the page cache where this process may (root
+    on Linux); where it may not, "cold" means PostgreSQL's buffers only."""
+    db.restart_embedded()
+    os.sync()
+    with contextlib.suppress(OSError):
+        DROP_CACHES.write_text("3\n", encoding="ascii")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=100_000, help="frames at 1x (10x: ten times)")
     parser.add_argument("--queued", type=int, default=10_000, help="queued jobs at 1x")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument(
+        "--cold", action="store_true", help="also time one run each after a restart"
+    )
     args = parser.parse_args(argv)
-    url = os.environ.get("ARGUS_DATABASE_URL") or db.embedded_url(quiet=True)
+    external = os.environ.get("ARGUS_DATABASE_URL")
+    if args.cold and external:
+        parser.error("--cold restarts the embedded server: unset ARGUS_DATABASE_URL")
+    url = external or db.embedded_url(quiet=True)
     result = run(
         url,
         [args.frames, args.frames * 10],
         [args.queued, args.queued * 10],
         rounds=args.rounds,
+        restart=restart_cold if args.cold else None,
     )
     print(json.dumps(dataclasses.asdict(result), indent=2))
     return 0
