@@ -278,36 +278,6 @@ CROSS JOIN LATERAL (
 WHERE j.status = 'running'
 ORDER BY j.started_at, j.id;
 
--- name: fleet_rate
--- Frames the fleet wrote lately, found through the jobs that wrote them (the
--- running ones and the last `jobs` finished within `window` seconds: both
--- index scans), never a scan of all vectors. If more than `jobs` jobs finished
--- in the window, the window shrinks to the oldest of those, so the cost stays
--- bounded however busy the fleet is. `seconds` is the window the frames were
--- counted over (its start to now), the rate's divisor: `window`, or less when
--- it shrank. (Dividing by the time since the first write in the window, as
--- before, gave a rate over a span the label did not name.)
-WITH finished AS (
-    SELECT j.video_id, j.model, j.finished_at FROM argus.embedding_jobs j
-    WHERE j.finished_at > now() - make_interval(secs => %(window)s) AND j.model IS NOT NULL
-    ORDER BY j.finished_at DESC
-    LIMIT %(jobs)s
-), since AS (
-    SELECT CASE WHEN count(*) < %(jobs)s THEN now() - make_interval(secs => %(window)s)
-                ELSE min(finished_at) END AS at
-    FROM finished
-), recent_jobs AS (
-    SELECT video_id, model FROM finished
-    UNION
-    SELECT j.video_id, j.model FROM argus.embedding_jobs j WHERE j.status = 'running'
-)
-SELECT (SELECT count(*)
-        FROM recent_jobs r
-        JOIN argus.frames f ON f.video_id = r.video_id
-        JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = r.model
-        WHERE e.created_at > (SELECT at FROM since)) AS frames,
-       extract(epoch FROM now() - (SELECT at FROM since))::double precision AS seconds;
-
 -- name: frames_waiting
 -- Frames still to embed for every (video, model) with a queued or running
 -- job; a NULL-model job counts against `model`, the configured one. At most

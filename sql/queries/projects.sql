@@ -109,11 +109,15 @@ FROM backlog b
 ORDER BY b.frames_waiting DESC, b.queued DESC, b.project_id NULLS FIRST
 LIMIT %(limit)s;
 
--- name: project_rates
--- Frames each project's jobs wrote lately, as status_fleet_rate counts the
--- fleet's (the running jobs and the last `jobs` finished within `window`
--- seconds, the window shrinking to the oldest of those when more finished),
--- per project. `seconds`: the window they were counted over (its start to now).
+-- name: recent_writes
+-- Frames the fleet wrote lately, per project, found through the jobs that wrote
+-- them (the running ones and the last `jobs` finished within `window` seconds:
+-- both index scans), never a scan of all vectors. If more than `jobs` jobs
+-- finished in the window, the window shrinks to the oldest of those, so the cost
+-- stays bounded however busy the fleet is. `seconds` is the window the frames
+-- were counted over (its start to now), the rates' divisor: `window`, or less
+-- when it shrank. The fleet's figure is the sum over projects; with nothing
+-- written, one row of NULL frames still gives `seconds`.
 WITH finished AS (
     SELECT j.video_id, j.model, j.project_id, j.finished_at FROM argus.embedding_jobs j
     WHERE j.finished_at > now() - make_interval(secs => %(window)s) AND j.model IS NOT NULL
@@ -129,10 +133,14 @@ WITH finished AS (
     SELECT j.video_id, j.model, j.project_id FROM argus.embedding_jobs j
     WHERE j.status = 'running'
 )
-SELECT r.project_id, count(*) AS frames,
-       extract(epoch FROM now() - (SELECT at FROM since))::double precision AS seconds
-FROM recent_jobs r
-JOIN argus.frames f ON f.video_id = r.video_id
-JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = r.model
-WHERE e.created_at > (SELECT at FROM since)
-GROUP BY r.project_id;
+SELECT w.project_id, w.frames,
+       extract(epoch FROM now() - s.at)::double precision AS seconds
+FROM since s
+LEFT JOIN (
+    SELECT r.project_id, count(*) AS frames
+    FROM recent_jobs r
+    JOIN argus.frames f ON f.video_id = r.video_id
+    JOIN argus.frame_embeddings e ON e.frame_id = f.id AND e.model = r.model
+    WHERE e.created_at > (SELECT at FROM since)
+    GROUP BY r.project_id
+) w ON true;

@@ -41,11 +41,12 @@ def collect(connection: psycopg.Connection[Any], *, model: str | None = None) ->
     """A JSON-ready report. `model` is the configured one: NULL-model jobs count
     against it, and coverage marks it (None: such jobs count all their frames)."""
     stats = queue.stats(connection)
+    writes = projects.recent_writes(connection, window=FLEET_WINDOW_SECONDS, jobs=FLEET_RATE_JOBS)
     return {
         "jobs": stats.jobs,
         "jobs_estimated": {state: state in stats.estimated for state in stats.jobs},
         "oldest_queued_seconds": stats.oldest_queued_seconds,
-        "queue": _queue(connection, model, queued=stats.jobs["queued"]),
+        "queue": _queue(connection, model, queued=stats.jobs["queued"], writes=writes),
         "running": [_running_job(job) for job in queue.running_progress(connection)],
         "coverage": coverage(connection, configured=model),
         "workers": [_worker(info) for info in workers.recent(connection)],
@@ -54,7 +55,7 @@ def collect(connection: psycopg.Connection[Any], *, model: str | None = None) ->
             for name, record in passes.reconciler_records(connection).items()
         ],
         "replica": replica(connection),
-        "projects": project_queue(connection, model=model),
+        "projects": project_queue(connection, model=model, writes=writes),
     }
 
 
@@ -117,17 +118,20 @@ def coverage(
 
 
 def _queue(
-    connection: psycopg.Connection[Any], model: str | None, *, queued: int
+    connection: psycopg.Connection[Any],
+    model: str | None,
+    *,
+    queued: int,
+    writes: projects.RecentWrites,
 ) -> dict[str, Any]:
     waiting = queue.frames_waiting(connection, model, queued=queued)
-    fleet = queue.fleet_rate(connection, window=FLEET_WINDOW_SECONDS, jobs=FLEET_RATE_JOBS)
-    rate = _rate(fleet.frames, fleet.seconds)
+    rate = _rate(writes.total, writes.seconds)
     return {
         "frames_waiting": waiting.value,
         "frames_waiting_estimated": waiting.estimated,
         "frames_per_second": rate,
-        "frames_written": fleet.frames,
-        "rate_window_seconds": fleet.seconds,
+        "frames_written": writes.total,
+        "rate_window_seconds": writes.seconds,
         "eta_seconds": _eta(waiting.value, rate),
     }
 
@@ -376,6 +380,7 @@ def project_queue(
     model: str | None,
     top: int | None = TOP_PROJECTS,
     include_idle: bool = False,
+    writes: projects.RecentWrites | None = None,
 ) -> dict[str, Any]:
     """Projects by frames waiting, biggest first (`top` of them; None: all), each with
     its settings, jobs, rate and ETA, and how many more there are.
@@ -383,13 +388,16 @@ def project_queue(
     A project's ETA is its frames waiting divided by the rate its own jobs wrote at
     over the fleet's rate window: its recent share of the fleet, which fair share
     keeps steady while its backlog lasts. None (unknown) when it wrote nothing lately.
+    `writes`: the recent writes already read for the fleet's rate (else read here).
     """
     rows, total = projects.backlog(connection, model=model, limit=top, include_idle=include_idle)
-    rates = projects.rates(connection, window=FLEET_WINDOW_SECONDS, jobs=FLEET_RATE_JOBS)
+    if writes is None:
+        writes = projects.recent_writes(
+            connection, window=FLEET_WINDOW_SECONDS, jobs=FLEET_RATE_JOBS
+        )
     shown = []
     for row in rows:
-        recent = rates.get(row.project_id)
-        rate = 0.0 if recent is None else _rate(recent.frames, recent.seconds)
+        rate = _rate(writes.frames.get(row.project_id, 0), writes.seconds)
         shown.append(
             {
                 **dataclasses.asdict(row),

@@ -50,11 +50,16 @@ class Backlog:
 
 
 @dataclasses.dataclass(frozen=True)
-class Rate:
-    """Frames a project's jobs wrote lately, over `seconds` (the window, up to now)."""
+class RecentWrites:
+    """Frames the fleet's jobs wrote over the last `seconds` (the rates' window, up to
+    now), per project (None: jobs of no project); the fleet's is their sum."""
 
-    frames: int
-    seconds: float | None
+    seconds: float
+    frames: dict[str | None, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.frames.values())
 
 
 def save(
@@ -105,12 +110,14 @@ def backlog(
     return [Backlog(**{name: row[name] for name in fields}) for row in rows], total
 
 
-def rates(
-    connection: psycopg.Connection[Any], *, window: float, jobs: int
-) -> dict[str | None, Rate]:
-    """Per project: the frames its jobs wrote in the last `window` seconds (bounded to the
-    running jobs and the last `jobs` finished ones, as the fleet's rate is)."""
+def recent_writes(connection: psycopg.Connection[Any], *, window: float, jobs: int) -> RecentWrites:
+    """Frames written in the last `window` seconds per project: one read for the fleet's
+    rate and each project's (bounded to the running jobs and the last `jobs` finished
+    ones: the window shrinks to the oldest of those when more finished)."""
     rows = connection.execute(
-        db.queries()["project_rates"], {"window": window, "jobs": jobs}
+        db.queries()["recent_writes"], {"window": window, "jobs": jobs}
     ).fetchall()
-    return {row["project_id"]: Rate(int(row["frames"]), row["seconds"]) for row in rows}
+    return RecentWrites(
+        seconds=float(rows[0]["seconds"]),
+        frames={row["project_id"]: int(row["frames"]) for row in rows if row["frames"]},
+    )

@@ -89,14 +89,6 @@ class RunningJob:
     recent_seconds: float | None
 
 
-@dataclasses.dataclass(frozen=True)
-class FleetRate:
-    """Frames the fleet wrote over the last `seconds` (the rate's window, up to now)."""
-
-    frames: int
-    seconds: float
-
-
 # A claim told "busy" (its lanes held by other claimers) tries again, waiting for
 # the lane. Bounded: a lane holder commits within milliseconds, so many in a row
 # means contention no retry here will fix; the caller polls again later.
@@ -473,16 +465,6 @@ def running_progress(connection: psycopg.Connection[Any]) -> list[RunningJob]:
         RunningJob(**{name: row[name] for name in fields})
         for row in connection.execute(db.queries()["running_progress"])
     ]
-
-
-def fleet_rate(connection: psycopg.Connection[Any], *, window: float, jobs: int) -> FleetRate:
-    """Frames written over the last `window` seconds by the running jobs and the last
-    `jobs` finished ones (the window shrinks to the oldest of those when more finished)."""
-    row = connection.execute(
-        db.queries()["fleet_rate"], {"window": window, "jobs": jobs}
-    ).fetchone()
-    assert row is not None
-    return FleetRate(frames=int(row["frames"]), seconds=float(row["seconds"]))
 
 
 def enqueue_missing(
