@@ -408,3 +408,109 @@ def test_regression_issue27_suspicion_c_the_straggler_log_is_pruned(
     conn.execute("DELETE FROM argus.frames WHERE id = ANY(%s)", (inside,))
     assert index.prune_changes(conn, MODEL) == 0
     assert changes(conn) == len(inside) == 5
+
+
+THIN_UNIT_ROWS = 60_000  # one HNSW unit, three times hnsw.max_scan_tuples (20,000)
+
+
+def filtered_first_pass(
+    conn: psycopg.Connection[Any], table: str, query: np.ndarray, project: str, limit: int
+) -> tuple[str, int]:
+    """One unit's branch of search_frames' first pass for a project, with the settings it
+    runs under (0012): its plan, and how many of the project's rows it found."""
+    statement = (
+        f"SELECT u.frame_id FROM argus.{table} u JOIN argus.frames f ON f.id = u.frame_id "
+        f"WHERE f.project_id = %s ORDER BY u.embedding <=> %s::halfvec({DIMENSION}) "
+        f"LIMIT {2 * limit}"
+    )
+    with conn.transaction():
+        conn.execute(f"SET LOCAL hnsw.ef_search = {max(100, 2 * limit)}")
+        conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+        plan = "\n".join(
+            row["QUERY PLAN"] for row in conn.execute("EXPLAIN " + statement, (project, query))
+        )
+        found = len(conn.execute(statement, (project, query)).fetchall())
+    return plan, found
+
+
+def test_regression_issue27_suspicion_a_a_project_thin_in_a_large_unit_gets_its_nearest(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Regression (issue 27, suspicion a): a unit's project-filtered HNSW scan stops at
+    hnsw.max_scan_tuples or at its memory cap. The planner takes that scan when the project
+    looks large (here 2,008 of 62,000 frames), while it holds 8 rows of a 60,000-row unit:
+    its other frames are newer. The scan found 2 of the 8, and 0012's second pass did not
+    mend it: with the newer frames embedded (the uncovered segment's exact scan filled the
+    limit) no second pass ran, 10 hits, 4 of the true 10; with them still queued the second
+    pass found 4 or 5 of the 8. Short units are now read exactly for a project."""
+    model = index.register(conn, MODEL, DIMENSION, "hnsw", segment_rows=THIN_UNIT_ROWS)
+    conn.execute(  # 50 projects over frame ids 1 .. 59,999, generated in the server
+        "INSERT INTO argus.frames (video_id, frame_index, image_uri, project_id) "
+        "SELECT 'old', i, 's3://b/old/' || i, 'project-' || (i %% 50) "
+        "FROM generate_series(0, %s - 2) AS i",
+        (THIN_UNIT_ROWS,),
+    )
+    ids = [row["id"] for row in conn.execute("SELECT id FROM argus.frames ORDER BY id")]
+    write_vectors(conn, model, ids, clustered(len(ids), seed=27))
+    assert len(index.build_sealed(conn, MODEL)) == 1
+    [unit] = live_units(conn)
+    assert (unit.kind, unit.lower_bound, unit.upper_bound, unit.rows) == (
+        "hnsw",
+        0,
+        THIN_UNIT_ROWS,
+        THIN_UNIT_ROWS - 1,
+    )
+    picked = np.random.default_rng(27).choice(len(ids), 16, replace=False)
+    thin = {"embedded": [ids[i] for i in picked[:8]], "queued": [ids[i] for i in picked[8:]]}
+    for project, frame_ids in thin.items():
+        conn.execute(
+            "UPDATE argus.frames SET project_id = %s WHERE id = ANY(%s)", (project, frame_ids)
+        )
+        add_frames(conn, 2000, video=f"{project}-newer")
+        conn.execute(
+            "UPDATE argus.frames SET project_id = %s WHERE video_id = %s",
+            (project, f"{project}-newer"),
+        )
+    query = clustered(1, seed=99)[0]  # a scene the unit does not hold
+    newer = [
+        row["id"]
+        for row in conn.execute(
+            "SELECT id FROM argus.frames WHERE video_id = 'embedded-newer' ORDER BY id"
+        )
+    ]
+    rng = np.random.default_rng(28)
+    far = -query + 0.04 * rng.normal(size=(len(newer), DIMENSION)).astype(np.float32)
+    far /= np.linalg.norm(far, axis=1, keepdims=True)
+    write_vectors(conn, model, newer, far.astype(np.float32))  # the open segment's
+    conn.execute("ANALYZE argus.frames")
+
+    for project, frame_ids in thin.items():
+        plan, found = filtered_first_pass(conn, unit.table_name, query, project, 10)
+        print(f"{project}: the unit's first-pass scan found {found} of its {len(frame_ids)}")
+        assert f"Index Scan using {unit.table_name}_embedding_idx" in plan, plan
+        assert found < len(frame_ids)  # the cap matters here
+
+        # The truth: the project's vectors by a sequential scan (the segments have no
+        # ANN index).
+        exact = [
+            row["frame_id"]
+            for row in conn.execute(
+                "SELECT e.frame_id FROM argus.frame_embeddings e "
+                "JOIN argus.frames f ON f.id = e.frame_id "
+                "WHERE e.model = %s AND f.project_id = %s "
+                "ORDER BY e.embedding <=> %s::vector LIMIT 10",
+                (MODEL, project, query),
+            )
+        ]
+        assert set(frame_ids) <= set(exact)  # the unit's 8 are the nearest
+        started = time.perf_counter()
+        hits = search.search(conn, MODEL, query, limit=10, project_id=project)
+        took = (time.perf_counter() - started) * 1000
+        found_ids = {hit.frame_id for hit in hits}
+        print(
+            f"{project}: search {len(hits)} hits, {len(found_ids & set(exact))} of the true "
+            f"{len(exact)}, {len(found_ids & set(frame_ids))} of the unit's 8, {took:.0f} ms"
+        )
+        assert len(hits) == len(exact)
+        assert set(frame_ids) <= found_ids
+        assert len(found_ids & set(exact)) >= 0.9 * len(exact)

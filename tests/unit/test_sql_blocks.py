@@ -92,7 +92,7 @@ GATEWAYS = {  # sql/queries/<file> -> the one module that writes its table
 }
 _WRITES = re.compile(
     r"\b(INSERT|UPDATE|DELETE|COPY)\b|argus\.(register_model|ensure_model_index|ensure_segments"
-    r"|index_segment|drop_model|enqueue_embedding_job)\b"
+    r"|drop_model|enqueue_embedding_job)\b"
 )
 
 
