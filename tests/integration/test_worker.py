@@ -292,7 +292,8 @@ def test_run_once_steps_exactly_one_batch(
         assert wrapped.batches == [8]
         assert loop.run_once()
         assert wrapped.batches == [8, 8]
-        assert len(support.embeddings(conn, "steps")) == 8  # the first write has landed
+        # The first write has landed; the second, started asynchronously, may have too.
+        assert len(support.embeddings(conn, "steps")) in (8, 16)
         assert loop.run_once()
         assert wrapped.batches == [8, 8, 4]
         assert loop.run_once()  # no frame left: the last write settles the job
