@@ -6,7 +6,8 @@ SELECT argus.enqueue_embedding_job(%(video_id)s, model => %(model)s, priority =>
 
 -- name: claim_jobs
 -- Fair share across projects, expired leases first, SKIP LOCKED: see
--- argus.claim_jobs in migration 0005. With `wait`, the first lane may wait.
+-- argus.claim_jobs in migrations 0005, 0011 and 0017 (only lanes with something
+-- claimable are locked). With `wait`, the first claimable lane may wait.
 SELECT * FROM argus.claim_jobs(%(model)s, %(worker_id)s, %(limit)s, %(lease_seconds)s, %(wait)s);
 
 -- name: commit_lazily

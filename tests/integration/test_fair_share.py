@@ -208,6 +208,48 @@ def test_an_unpaused_project_takes_its_share_not_every_turn_it_missed(
     assert counts == {"paused": 3, "one": 3, "two": 3}, counts
 
 
+def test_a_lane_back_from_backoff_takes_its_share_not_every_turn_it_missed(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Passed-over lanes are no longer moved every claim (0017): one that has due jobs
+    again rejoins at the priority's turn, once."""
+    backlog(conn, "one", 60)
+    conn.execute(
+        "INSERT INTO argus.embedding_jobs (video_id, project_id, run_at) "
+        "SELECT 'sleepy-' || g, 'sleepy', now() + interval '10 minutes' "
+        "FROM generate_series(1, 20) g"
+    )
+    backlog(conn, "two", 60)
+    assert collections.Counter(claimed_projects(conn, 20)) == {"one": 10, "two": 10}
+    conn.execute("UPDATE argus.embedding_jobs SET run_at = now() WHERE project_id = 'sleepy'")
+    counts = collections.Counter(claimed_projects(conn, 9))
+    assert counts == {"sleepy": 3, "one": 3, "two": 3}, counts
+
+
+def test_a_lane_emptied_by_a_cancel_closes_while_others_have_work(
+    conn: psycopg.Connection[Any],
+) -> None:
+    backlog(conn, "gone", 3)
+    backlog(conn, "a", 20)
+    backlog(conn, "b", 20)
+    conn.execute("UPDATE argus.embedding_jobs SET status = 'cancelled' WHERE project_id = 'gone'")
+    assert collections.Counter(claimed_projects(conn, 6)) == {"a": 3, "b": 3}
+    lanes = conn.execute("SELECT project_id FROM argus.project_lanes ORDER BY 1").fetchall()
+    assert [lane["project_id"] for lane in lanes] == ["a", "b"]
+
+
+def test_a_higher_priority_in_backoff_lets_the_lower_run(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "INSERT INTO argus.embedding_jobs (video_id, project_id, priority, run_at) "
+        "SELECT 'later-' || g, 'p' || g, 5, now() + interval '10 minutes' "
+        "FROM generate_series(1, 3) g"
+    )
+    backlog(conn, "normal", 3)
+    assert claimed_projects(conn, 4) == ["normal"] * 3
+    lanes = conn.execute("SELECT count(*) AS n FROM argus.project_lanes WHERE priority = 5")
+    assert lanes.fetchone()["n"] == 3  # not closed: their jobs are still queued
+
+
 @pytest.mark.parametrize("round_", range(3))
 def test_max_running_holds_under_eight_concurrent_claimers(
     conn: psycopg.Connection[Any], database_url: str, round_: int
@@ -316,3 +358,70 @@ def test_the_migration_gives_existing_jobs_their_project_and_lanes(
         ("a", "acme"),
     ]
     assert [(lane["priority"], lane["project_id"]) for lane in lanes] == [(0, None), (3, "acme")]
+
+
+def unclaimable_lanes(conn: psycopg.Connection[Any], kind: str, count: int) -> None:
+    """`count` projects (lanes) with queued jobs that a MODEL claimer cannot take now."""
+    if kind == "capped":
+        conn.execute(
+            "INSERT INTO argus.projects (project_id, max_running) "
+            "SELECT 'capped-' || g, 1 FROM generate_series(1, %s) g",
+            (count,),
+        )
+    if kind in {"capped", "twin"}:
+        # One running job each: the project's cap is reached, or the queued job's twin runs.
+        conn.execute(
+            "INSERT INTO argus.embedding_jobs (video_id, project_id, model, status) "
+            "SELECT %s || '-' || g, %s || '-' || g, %s, 'running' FROM generate_series(1, %s) g",
+            (f"{kind}-running" if kind == "capped" else kind, kind, MODEL, count),
+        )
+    conn.execute(
+        "INSERT INTO argus.embedding_jobs (video_id, project_id, model, run_at) "
+        "SELECT %s || '-' || g, %s || '-' || g, %s, "
+        "now() + CASE WHEN %s THEN interval '10 minutes' ELSE interval '0' END "
+        "FROM generate_series(1, %s) g",
+        (kind, kind, "other/model" if kind == "model" else None, kind == "backoff", count),
+    )
+
+
+# Lanes this transaction locked (xmax) or wrote (xmin), read in the claim's transaction.
+LANES_TOUCHED = (
+    "SELECT count(*) AS n FROM argus.project_lanes l "
+    "WHERE l.xmin = pg_current_xact_id()::xid OR l.xmax = pg_current_xact_id()::xid"
+)
+
+
+def claims_beside(conn: psycopg.Connection[Any]) -> tuple[float, int]:
+    """20 one-job claims: their median (ms) and the most lanes one of them locked or wrote."""
+    times, touched = [], []
+    for _ in range(20):
+        with conn.transaction():
+            started = time.perf_counter()
+            rows = conn.execute(
+                "SELECT * FROM argus.claim_jobs(%s, 'w1', 1, 60, false)", (MODEL,)
+            ).fetchall()
+            times.append((time.perf_counter() - started) * 1000)
+            assert [row["busy"] for row in rows] == [False]
+            touched.append(conn.execute(LANES_TOUCHED).fetchone()["n"])
+    return statistics.median(times), max(touched)
+
+
+@pytest.mark.parametrize("count", [1, 1000])
+@pytest.mark.parametrize("kind", ["backoff", "capped", "model", "twin"])
+def test_regression_issue27_b_a_claim_does_not_walk_the_lanes_with_nothing_claimable(
+    conn: psycopg.Connection[Any], kind: str, count: int
+) -> None:
+    """Lanes with nothing this claimer can take (jobs in backoff, a project at its cap,
+    another model's jobs, a running twin) cost a claim nothing to lock or write: before,
+    every claim locked, tried and moved each of them (1,000 lanes: 1,001 lanes per claim)."""
+    backlog(conn, "live", 100)
+    unclaimable_lanes(conn, kind, count)
+    conn.execute("ANALYZE argus.embedding_jobs")
+    conn.execute("ANALYZE argus.project_lanes")
+    median_ms, touched = claims_beside(conn)
+    print(
+        f"claim beside {count} {kind} lanes: median {median_ms:.2f} ms, "
+        f"at most {touched} lanes locked or written"
+    )
+    # The live project's lane only: locked, and its pass moved.
+    assert touched == 1, touched
