@@ -99,7 +99,5 @@ def test_the_server_a_command_started_stops_with_it_after_a_restart_regression(
         # A command works a while: the old postmaster's pid is long gone when it exits.
         "import time; time.sleep(2)"
     )
-    subprocess.run(
-        [sys.executable, "-c", script, str(data_dir), restart], check=True, timeout=120
-    )
+    subprocess.run([sys.executable, "-c", script, str(data_dir), restart], check=True, timeout=120)
     assert _postmaster_pid(data_dir) is None
