@@ -19,9 +19,8 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import db, errors
+from argus_embedder import db, errors, lifecycle
 from argus_embedder.runtime import metrics
-from argus_embedder.services import lifecycle
 
 log = logging.getLogger(__name__)
 
