@@ -20,7 +20,7 @@ import uuid
 import numpy as np
 
 from argus_embedder import db
-from argus_embedder.commands import search
+from argus_embedder.commands import nearest
 from argus_embedder.gateways import frames, index, queue, store
 from argus_embedder.services import compactor
 
@@ -41,7 +41,7 @@ def latency(conn, vectors, ids, label):  # type: ignore[no-untyped-def]
         query = vectors[row] + 0.05 * rng.normal(size=DIM).astype(np.float32)
         query /= np.linalg.norm(query)
         started = time.perf_counter()
-        hits = search.search(conn, MODEL, query, limit=10)
+        hits = nearest.frames(conn, MODEL, query, limit=10)
         times.append((time.perf_counter() - started) * 1000)
         exact = {ids[i] for i in np.argsort(-(vectors @ query))[:10]}
         recalls.append(len(exact & {hit.frame_id for hit in hits}) / 10)

@@ -14,9 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from argus_embedder import errors, settings
+from argus_embedder import errors, metrics, settings
 from argus_embedder.pipeline import embedder, preparing, storage
-from argus_embedder.runtime import metrics
 from tests import support
 from tests.conftest import S3Endpoint
 from tests.faults import harness, invariants

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from argus_embedder import db
-from argus_embedder.commands import search
+from argus_embedder.commands import nearest
 from argus_embedder.gateways import index
 from argus_embedder.services import compactor
 from tests.integration.test_index import DIMENSION, add_frames, clustered, write_vectors
@@ -75,7 +75,7 @@ def recall_at_10(conn: psycopg.Connection[Any], ids: list[int], vectors: np.ndar
     for row in np.random.default_rng(6).integers(0, len(ids), 10):
         query = vectors[row]
         exact = {ids[i] for i in np.argsort(-(vectors @ query))[:10]}
-        found = {hit.frame_id for hit in search.search(conn, MODEL, query, limit=10)}
+        found = {hit.frame_id for hit in nearest.frames(conn, MODEL, query, limit=10)}
         recalls.append(len(exact & found) / 10)
     return float(np.mean(recalls))
 
@@ -237,7 +237,7 @@ def test_a_committed_vector_is_found_exactly_once_while_merges_and_writes_run(
                         (MODEL,),
                     )
                 }
-                hits = search.search(connection, MODEL, vectors[0], limit=len(before) + 200)
+                hits = nearest.frames(connection, MODEL, vectors[0], limit=len(before) + 200)
                 found = [hit.frame_id for hit in hits]
                 if len(found) != len(set(found)):
                     failures.append(f"search listed {len(found) - len(set(found))} twice")
@@ -293,7 +293,7 @@ def test_a_unit_build_does_not_block_a_stragglers_write(
     assert unit is not None and unit.state == "live"
     # The straggler's new vector is in the unit (replayed at publish), once.
     query = clustered(1, seed=99)[0]
-    hits = search.search(conn, MODEL, query, limit=3)
+    hits = nearest.frames(conn, MODEL, query, limit=3)
     assert hits[0].frame_id == ids[10] and hits[0].score == pytest.approx(1.0, abs=2e-3)
     held = conn.execute(
         f"SELECT count(*) AS n FROM argus.{unit.table_name} WHERE frame_id = %s", (ids[10],)
@@ -358,13 +358,13 @@ def test_regression_issue27_finding3_deleted_frames_do_not_starve_search(
     covered = [i for i, frame_id in enumerate(ids) if frame_id < 5000]
     assert sum(u.rows or 0 for u in live_units(conn)) == len(covered) == 4999
     query = vectors[0]
-    nearest = sorted(covered, key=lambda i: -float(vectors[i] @ query))
-    live = nearest[3299:]  # the query's whole neighbourhood goes, and the open segment
-    gone = [ids[i] for i in nearest[:3299]] + [f for f in ids if f >= 5000]
+    closest = sorted(covered, key=lambda i: -float(vectors[i] @ query))
+    live = closest[3299:]  # the query's whole neighbourhood goes, and the open segment
+    gone = [ids[i] for i in closest[:3299]] + [f for f in ids if f >= 5000]
     conn.execute("DELETE FROM argus.frames WHERE id = ANY(%s)", (gone,))
     assert len(live) == 1700
     for limit in (10, 50):
-        hits = search.search(conn, MODEL, query, limit=limit)
+        hits = nearest.frames(conn, MODEL, query, limit=limit)
         print(f"1,700 live vectors, 3,400 deleted: limit {limit} -> {len(hits)} hits")
         assert len(hits) == limit
         exact = {ids[i] for i in live[:limit]}
@@ -393,7 +393,7 @@ def test_regression_issue27_suspicion_c_the_straggler_log_is_pruned(
     assert changes(conn) == 0
     query = vectors[400]
     assert all(
-        hit.frame_id not in set(ids[:300]) for hit in search.search(conn, MODEL, query, limit=10)
+        hit.frame_id not in set(ids[:300]) for hit in nearest.frames(conn, MODEL, query, limit=10)
     )
 
     # A unit under way over a range: its stragglers stay for its publish to replay.

@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from argus_embedder.commands import search
+from argus_embedder.commands import nearest
 from argus_embedder.gateways import index, queue, store
 from tests import support
 
@@ -117,7 +117,7 @@ def test_sealed_segments_get_a_bulk_index_and_search_sees_everything(
     # A vector committed into the growing segment is found at once.
     fresh = add_frames(conn, 1, video="late")
     write_vectors(conn, model, fresh, vectors[7:8])
-    hits = search.search(conn, MODEL, vectors[7], limit=2)
+    hits = nearest.frames(conn, MODEL, vectors[7], limit=2)
     assert {hit.frame_id for hit in hits} == {frame_ids[7], fresh[0]}
     assert hits[0].score == pytest.approx(1.0, abs=2e-3)
 
@@ -132,7 +132,7 @@ def test_filters_still_return_the_limit_through_iterative_scans(
     vectors = clustered(len(ids), seed=1)
     write_vectors(conn, model, ids, vectors)
     assert index.build_sealed(conn, MODEL)
-    hits = search.search(conn, MODEL, vectors[0], limit=25, video_id="video-13")
+    hits = nearest.frames(conn, MODEL, vectors[0], limit=25, video_id="video-13")
     assert len(hits) == 25
     assert {hit.video_id for hit in hits} == {"video-13"}
 
@@ -150,7 +150,7 @@ def test_recall_at_10_against_exact_search(conn: psycopg.Connection[Any], kind: 
         query = vectors[query_row] + 0.05 * rng.normal(size=DIMENSION).astype(np.float32)
         query /= np.linalg.norm(query)
         exact = {ids[i] for i in np.argsort(-(vectors @ query))[:10]}
-        found = {hit.frame_id for hit in search.search(conn, MODEL, query, limit=10)}
+        found = {hit.frame_id for hit in nearest.frames(conn, MODEL, query, limit=10)}
         recalls.append(len(exact & found) / 10)
     print(f"{kind} recall@10 = {np.mean(recalls):.3f}")
     assert np.mean(recalls) >= 0.95
@@ -213,7 +213,7 @@ def test_regression_bug7_a_limit_above_500_still_searches(
     vectors = clustered(1200, seed=4)
     write_vectors(conn, model, ids, vectors)
     assert len(index.build_sealed(conn, MODEL)) == 3  # every vector behind an HNSW index
-    hits = search.search(conn, MODEL, vectors[0], limit=limit)
+    hits = nearest.frames(conn, MODEL, vectors[0], limit=limit)
     assert len(hits) == limit  # iterative scans go past ef_search
     assert len({hit.frame_id for hit in hits}) == limit
     scores = [hit.score for hit in hits]

@@ -10,7 +10,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from argus_embedder.commands import moments, search
+from argus_embedder.commands import moments, nearest
 from argus_embedder.gateways import frames, index
 from tests.integration.test_index import write_vectors
 
@@ -81,7 +81,7 @@ def test_three_scenes_make_three_moments_with_their_time_ranges(
     assert (first["frame_id"], first["frame_index"], first["timestamp_ms"]) == (ids[7], 7, 7000)
     assert first["image_uri"] == "s3://b/clip/7"
     # each moment's frame is its scene's best hit, with that hit's score
-    hits = search.search(conn, MODEL, query, limit=15)
+    hits = nearest.frames(conn, MODEL, query, limit=15)
     for moment in video["moments"]:
         scene = [hit for hit in hits if moment["start_ms"] <= hit.timestamp_ms <= moment["end_ms"]]
         best = max(scene, key=lambda hit: hit.score)

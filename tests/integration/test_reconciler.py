@@ -18,11 +18,10 @@ import psycopg.conninfo
 import psycopg.sql
 import pytest
 
-from argus_embedder import db, settings
+from argus_embedder import db, metrics, settings
 from argus_embedder.commands import status
 from argus_embedder.gateways import index, passes, queue
 from argus_embedder.pipeline import embedder, worker
-from argus_embedder.runtime import metrics
 from argus_embedder.services import periodic, queue_gauges, reconciler, registry
 from tests import support
 from tests.acceptance.conftest import Daemon, free_port

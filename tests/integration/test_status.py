@@ -15,11 +15,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from argus_embedder import cli, db, settings
+from argus_embedder import cli, db, metrics, settings
 from argus_embedder.commands import status
 from argus_embedder.gateways import index, queue, store
 from argus_embedder.pipeline import embedder, worker
-from argus_embedder.runtime import metrics
 from argus_embedder.services import queue_gauges, registry
 from tests import support
 from tests.conftest import S3Endpoint, textured_jpeg

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from argus_embedder import errors
-from argus_embedder.runtime import health, metrics
+from argus_embedder import errors, metrics
+from argus_embedder.runtime import health
 
 
 class FakeClock:
@@ -178,7 +178,7 @@ def test_metrics_endpoint_serves_the_registry(port: int, state: health.HealthSta
     _make_ready(state)
     status, content_type, body = _get(port, "/metrics")
     assert status == 200
-    assert content_type == metrics.CONTENT_TYPE
+    assert content_type == health.METRICS_CONTENT_TYPE
     text = body.decode()
     assert "argus_embedder_jobs_claimed_total" in text
     # A scrape refreshes the ready gauge without anyone asking /readyz.

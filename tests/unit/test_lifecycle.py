@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from argus_embedder import errors
-from argus_embedder.services import lifecycle
+from argus_embedder import errors, lifecycle
 from tests.support import wait_for
 
 

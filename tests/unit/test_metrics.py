@@ -6,7 +6,9 @@ import pytest
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from argus_embedder.runtime import metrics
+from argus_embedder import metrics
+from argus_embedder.commands import serve_metrics
+from argus_embedder.runtime import health
 
 # (module attribute, exposed name, type, label names): the contract of DESIGN §6.
 EXPECTED = [
@@ -31,9 +33,6 @@ EXPECTED = [
     ("RECONCILER_ENQUEUED", "argus_embedder_reconciler_jobs_enqueued_total", Counter, ()),
     ("DB_ERRORS", "argus_embedder_db_errors_total", Counter, ()),
     ("S3_RETRIES", "argus_embedder_s3_retries_total", Counter, ()),
-    ("SEARCH_REQUESTS", "argus_embedder_search_requests_total", Counter, ("endpoint", "code")),
-    ("SEARCH_SECONDS", "argus_embedder_search_seconds", Histogram, ()),
-    ("SEARCH_ENCODE_SECONDS", "argus_embedder_search_encode_seconds", Histogram, ()),
 ]
 
 # Labels whose values grow without bound or may carry secrets.
@@ -52,7 +51,7 @@ def test_each_metric_is_declared_with_its_name_type_and_labels(
     assert isinstance(metric, kind)
     assert metric._labelnames == labels  # type: ignore[attr-defined]
     type_lines = [
-        line for line in metrics.render().decode().splitlines() if line.startswith("# TYPE ")
+        line for line in health.render_metrics().decode().splitlines() if line.startswith("# TYPE ")
     ]
     # prometheus-client writes counters' TYPE with or without _total, by version.
     assert any(line.split()[2] in (name, name.removesuffix("_total")) for line in type_lines)
@@ -69,9 +68,18 @@ def test_every_series_is_prefixed_and_labels_are_bounded() -> None:
             assert not FORBIDDEN_LABELS & set(sample.labels), sample
 
 
+def test_the_daemon_declares_none_of_serves_series() -> None:
+    """serve counts its requests on its own registry (DESIGN §6); the daemon's /metrics
+    showing them at 0 would only mislead a dashboard."""
+    serves = {family.name for family in serve_metrics.REGISTRY.collect()}
+    shared = {name for name in serves if not name.startswith("argus_embedder_")}
+    shared.add("argus_embedder_build_info")  # each process says what it runs
+    assert not (serves - shared) & set(_families())
+
+
 def test_label_values_exist_at_zero_from_the_start() -> None:
     """rate() and the alerts need a 0 series before the first event, not a missing one."""
-    exposed = metrics.render().decode()
+    exposed = health.render_metrics().decode()
     for outcome in metrics.JOB_OUTCOMES:
         assert f'argus_embedder_jobs_completed_total{{outcome="{outcome}"}}' in exposed
     for outcome in metrics.FRAME_OUTCOMES:
@@ -113,7 +121,7 @@ def test_stage_histogram_counts_an_observation_in_the_right_bucket() -> None:
 def test_build_info_keeps_one_series() -> None:
     metrics.set_build_info("1.0", "google/siglip2-base-patch16-224", "cuda:0")
     metrics.set_build_info("1.0", "google/siglip2-base-patch16-224", "cpu (fallback: no CUDA)")
-    exposed = metrics.render().decode()
+    exposed = health.render_metrics().decode()
     lines = [line for line in exposed.splitlines() if line.startswith("argus_embedder_build_info{")]
     assert len(lines) == 1
     assert 'device="cpu (fallback: no CUDA)"' in lines[0]
@@ -150,10 +158,11 @@ def test_render_is_valid_exposition() -> None:
     counter_before = metrics.value("argus_embedder_jobs_claimed_total")
     metrics.JOBS_CLAIMED.inc()
     parsed = {
-        family.name: family for family in text_string_to_metric_families(metrics.render().decode())
+        family.name: family
+        for family in text_string_to_metric_families(health.render_metrics().decode())
     }
     claimed = parsed["argus_embedder_jobs_claimed"]
     assert claimed.type == "counter"
     assert claimed.samples[0].value == counter_before + 1
     assert "process_resident_memory_bytes" in parsed
-    assert metrics.CONTENT_TYPE.startswith("text/plain; version=")
+    assert health.METRICS_CONTENT_TYPE.startswith("text/plain; version=")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from argus_embedder.commands import moments, search
+from argus_embedder.commands import moments, nearest
 
 
 def frame(
@@ -24,8 +24,8 @@ def frame(
     )
 
 
-def hit(row: moments.MomentFrame, score: float) -> search.Hit:
-    return search.Hit(
+def hit(row: moments.MomentFrame, score: float) -> nearest.Hit:
+    return nearest.Hit(
         row.frame_id, row.video_id, row.frame_index, row.timestamp_ms, row.image_uri, score
     )
 

@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from argus_embedder import settings
+from argus_embedder import metrics, settings
 from argus_embedder.commands import serve_metrics
-from argus_embedder.runtime import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "monitoring" / "rules" / "argus-embedder.rules.yml"

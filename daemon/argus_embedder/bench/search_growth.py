@@ -44,7 +44,7 @@ import psycopg
 
 from argus_embedder import db
 from argus_embedder.bench import dataset, vector_writes
-from argus_embedder.commands import search
+from argus_embedder.commands import nearest
 from argus_embedder.gateways import index
 from argus_embedder.gateways.queue import Job, Queue
 
@@ -331,7 +331,7 @@ def _alternate(
         for turn in range(len(corpora)):
             which = (number + turn) % len(corpora)
             started = time.perf_counter()
-            hits = search.search(connection, corpora[which].model, query, limit=TOP)
+            hits = nearest.frames(connection, corpora[which].model, query, limit=TOP)
             found[which][0].append(time.perf_counter() - started)
             found[which][1].append([hit.frame_id for hit in hits])
     return found

@@ -24,7 +24,7 @@ import psycopg
 
 from argus_embedder import db
 from argus_embedder.bench import dataset
-from argus_embedder.commands import search
+from argus_embedder.commands import nearest
 from argus_embedder.gateways import index, store
 from argus_embedder.gateways.queue import Job, Queue
 from argus_embedder.services import compactor
@@ -224,7 +224,7 @@ def _recall(
     recalls, latencies = [], []
     for query, truth in zip(queries, exact, strict=True):
         started = time.perf_counter()
-        hits = search.search(connection, MODEL, query, limit=TOP)
+        hits = nearest.frames(connection, MODEL, query, limit=TOP)
         latencies.append(time.perf_counter() - started)
         found = {hit.frame_id for hit in hits}
         recalls.append(len(found & set(ids[truth].tolist())) / TOP)

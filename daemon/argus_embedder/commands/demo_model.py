@@ -70,14 +70,6 @@ def chosen(config: Settings, connection: psycopg.Connection[Any]) -> Settings:
     return dataclasses.replace(config, model=model)
 
 
-def fallback(config: Settings, connection: psycopg.Connection[Any]) -> Settings:
-    """common.resolve_model() for a command that loads the model (serve calls it by
-    this name)."""
-    from argus_embedder.commands import common
-
-    return common.resolve_model(config, connection)
-
-
 def _read() -> tuple[str, bool] | None:
     try:
         data = json.loads(record_path().read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from argus_embedder import db
-from argus_embedder.commands import search
+from argus_embedder.commands import nearest
 
 NEAR_DUPLICATE = 0.95  # cosine with the neighbouring frame: same moment
 MOMENTS_PER_VIDEO = 3  # a video's best moments reported; the rest are dropped
@@ -112,7 +112,7 @@ def runs(
 
 
 def group(
-    hits: Sequence[search.Hit],
+    hits: Sequence[nearest.Hit],
     frames: Sequence[MomentFrame],
     *,
     limit: int,
@@ -169,7 +169,7 @@ def search_videos(
     searches = 0
     while True:
         searches += 1
-        hits = search.search(
+        hits = nearest.frames(
             connection, model, query, limit=wanted, video_id=video_id, project_id=project_id
         )
         enough = len({hit.video_id for hit in hits}) >= limit

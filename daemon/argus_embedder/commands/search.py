@@ -11,50 +11,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
-from psycopg.rows import class_row
 
 from argus_embedder import db, errors
-from argus_embedder.commands import common
+from argus_embedder.commands import common, moments, nearest
 from argus_embedder.gateways import index
 from argus_embedder.settings import Settings
-
-
-@dataclasses.dataclass(frozen=True)
-class Hit:
-    frame_id: int
-    video_id: str
-    frame_index: int
-    timestamp_ms: int | None
-    image_uri: str
-    score: float
-
-
-def search(
-    connection: psycopg.Connection[Any],
-    model: str,
-    query: npt.NDArray[np.float32],
-    *,
-    limit: int,
-    video_id: str | None = None,
-    project_id: str | None = None,
-) -> list[Hit]:
-    """The `limit` frames closest (cosine) to the unit vector `query`, best first."""
-    parameters = {
-        "model": model,
-        "query": query,
-        "limit": limit,
-        "video_id": video_id,
-        "project_id": project_id,
-    }
-    try:
-        with connection.cursor(row_factory=class_row(Hit)) as cursor:
-            return cursor.execute(db.queries()["search_frames"], parameters).fetchall()
-    except psycopg.errors.NoDataFound as error:
-        raise errors.UserInputError(
-            f"model {model!r} has no embeddings in this database "
-            "(run `argus-embedder migrate --model MODEL` and embed some frames)"
-        ) from error
-
 
 BY = ("frame", "video")
 MAX_LIMIT = 1000
@@ -80,9 +41,6 @@ def found(
     project_id: str | None = None,
 ) -> list[Any]:
     """Frame hits (`by="frame"`) or videos with moments (`by="video"`), best first."""
-    # moments builds on search(): imported here, not at the top, to keep the import one-way
-    from argus_embedder.commands import moments
-
     if by == "video":
         videos = moments.search_videos(
             connection, model, query, limit=limit, video_id=video_id, project_id=project_id
@@ -90,7 +48,9 @@ def found(
         return list(videos)
     if by != "frame":
         raise errors.UserInputError(f"by must be one of {', '.join(BY)}")
-    return search(connection, model, query, limit=limit, video_id=video_id, project_id=project_id)
+    return nearest.frames(
+        connection, model, query, limit=limit, video_id=video_id, project_id=project_id
+    )
 
 
 def as_json(results: list[Any]) -> list[dict[str, Any]]:
@@ -102,15 +62,13 @@ def as_json(results: list[Any]) -> list[dict[str, Any]]:
 def main(args: argparse.Namespace, config: Settings) -> int:
     """`argus-embedder search "text" | --image PATH [--limit K] [--video V] [--project P]
     [--by frame|video] [--json]`."""
-    from argus_embedder.commands import demo_model, moments
-
     if (args.text is None) == (args.image is None):
         raise errors.UserInputError("give either a search text or --image PATH")
     if not 1 <= args.limit <= MAX_LIMIT:
         raise errors.UserInputError(f"--limit must be between 1 and {MAX_LIMIT}")
     check_request(args.text, args.limit)
     with common.connect_read(config) as connection:
-        config = demo_model.fallback(config, connection)
+        config = common.resolve_model(config, connection)
         check_searchable(connection, config.model)
     query = _query_vector(args, config)
     with common.connect_read(config) as connection:
@@ -132,7 +90,7 @@ def main(args: argparse.Namespace, config: Settings) -> int:
     return 0
 
 
-def _print_hits(hits: list[Hit]) -> None:
+def _print_hits(hits: list[nearest.Hit]) -> None:
     if not hits:
         print("no frames found")
     for rank, hit in enumerate(hits, 1):

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from argus_embedder import __version__, db, errors
-from argus_embedder.commands import common, demo_model, search_api, serve_metrics
+from argus_embedder.commands import common, search_api, serve_metrics
 from argus_embedder.pipeline import embedder, storage
 from argus_embedder.runtime import health, shutdown
 from argus_embedder.settings import Settings
@@ -41,7 +41,7 @@ def running(
     url = db.resolve_read_url(config)  # a replica where ARGUS_READ_DATABASE_URL names one
     # Fails early, with the exit code 78 the CLI gives ConfigErrors, on an unmigrated schema.
     with common.connect_read(config) as connection:
-        config = demo_model.fallback(config, connection)
+        config = common.resolve_model(config, connection)
     encoder = embedder.load_text_encoder(config.model, config.device)
     encoder.embed_texts(["warm-up"])  # the first forward pays one-off costs; not a user
 

@@ -13,12 +13,11 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from argus_embedder import errors
+from argus_embedder import errors, metrics
 from argus_embedder.gateways import store
 from argus_embedder.gateways.queue import Claim, Job, Queue
 from argus_embedder.pipeline.failed_frames import FailedFrames
 from argus_embedder.pipeline.ledger import Ledger, Outcome
-from argus_embedder.runtime import metrics
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,11 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from argus_embedder import errors
+from argus_embedder import errors, metrics
 from argus_embedder.gateways import store
 from argus_embedder.gateways.queue import Claim, Job
 from argus_embedder.pipeline.recipe import Recipe
 from argus_embedder.pipeline.stream import Item
-from argus_embedder.runtime import metrics
 
 log = logging.getLogger(__name__)
 

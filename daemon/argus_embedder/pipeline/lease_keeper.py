@@ -15,11 +15,10 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from argus_embedder import errors
+from argus_embedder import errors, lifecycle
 from argus_embedder.gateways.queue import Queue
 from argus_embedder.pipeline.endings import Endings
 from argus_embedder.pipeline.ledger import Ledger, Outcome, Phase
-from argus_embedder.services import lifecycle
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
-from argus_embedder import errors
+from argus_embedder import errors, metrics
 from argus_embedder.pipeline import images
 from argus_embedder.pipeline.storage import Storage
-from argus_embedder.runtime import metrics
 
 log = logging.getLogger(__name__)
 

@@ -220,7 +220,7 @@ class Storage:
         raise errors.TransientError(f"{name}: {code or status}")
 
     def _count_retry(self, state: tenacity.RetryCallState) -> None:
-        from argus_embedder.runtime import metrics
+        from argus_embedder import metrics
 
         metrics.S3_RETRIES.inc()
         self._local.retries = self.last_retries() + 1

@@ -18,11 +18,11 @@ from typing import Any
 
 import psycopg_pool
 
+from argus_embedder import metrics
 from argus_embedder.gateways.queue import Claim, Frame, Job, Queue
 from argus_embedder.pipeline import preparing
 from argus_embedder.pipeline.endings import Endings
 from argus_embedder.pipeline.ledger import Ledger, Outcome
-from argus_embedder.runtime import metrics
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from argus_embedder import db, errors
+from argus_embedder import db, errors, lifecycle, metrics
 from argus_embedder.gateways import index
 from argus_embedder.gateways.queue import Queue
 from argus_embedder.pipeline import inference, lease_keeper, preparing
@@ -34,8 +34,6 @@ from argus_embedder.pipeline.storage import Storage
 from argus_embedder.pipeline.stream import Item, Stream
 from argus_embedder.pipeline.wakeup import Wakeup
 from argus_embedder.pipeline.writer import Writer
-from argus_embedder.runtime import metrics
-from argus_embedder.services import lifecycle
 from argus_embedder.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,9 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from argus_embedder import errors
+from argus_embedder import errors, metrics
 from argus_embedder.gateways import index, store
 from argus_embedder.pipeline.failed_frames import FailedFrames
-from argus_embedder.runtime import metrics
 
 log = logging.getLogger(__name__)
 

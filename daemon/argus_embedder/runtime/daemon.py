@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from argus_embedder import __version__, db, errors
+from argus_embedder import __version__, db, errors, metrics
 from argus_embedder.pipeline import preparing
-from argus_embedder.runtime import health, metrics, sdnotify, shutdown
+from argus_embedder.runtime import health, sdnotify, shutdown
 from argus_embedder.services import (
     compactor,
     indexer,

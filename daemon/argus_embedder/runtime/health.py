@@ -1,5 +1,8 @@
 """Liveness, readiness and the HTTP server that exposes them with /metrics.
 
+The metrics are declared in the core (argus_embedder.metrics), where the loop and
+the services count into them; this module only exposes that registry.
+
 `/livez` answers from memory only (the loop's heartbeat), so a database outage
 never gets a healthy process restarted; `/readyz` adds the model, the database
 and draining, and is what a load balancer or an operator's dashboard asks.
@@ -17,13 +20,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from argus_embedder import errors, settings
-from argus_embedder.runtime import metrics
+import prometheus_client
+
+from argus_embedder import errors, metrics, settings
 
 log = logging.getLogger(__name__)
 
 DB_CHECK_TTL = 2.0  # seconds a database check result is reused, so scrapes never hammer the DB
 _REASON_LIMIT = 300  # characters of an exception kept in a reason
+METRICS_CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 
 
 class Supervised(Protocol):
@@ -165,6 +170,11 @@ class HealthState:
             return error
 
 
+def render_metrics() -> bytes:
+    """The daemon's registry (argus_embedder.metrics) in the Prometheus text format."""
+    return prometheus_client.generate_latest(metrics.REGISTRY)
+
+
 def _describe(exc: BaseException) -> str:
     """One short line about an exception, with any URL password masked."""
     first_line = (str(exc).strip().splitlines() or [""])[0]
@@ -190,7 +200,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         state = self.server.state
         if path == "/metrics":
             state.ready()  # refresh the ready gauge (cheap: the database check is cached)
-            self._send(200, metrics.CONTENT_TYPE, metrics.render(), include_body)
+            self._send(200, METRICS_CONTENT_TYPE, render_metrics(), include_body)
         elif path == "/livez":
             live, reason = state.live()
             self._send(200 if live else 503, _TEXT, reason.encode() + b"\n", include_body)

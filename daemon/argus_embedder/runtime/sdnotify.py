@@ -14,7 +14,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 
-from argus_embedder.services import lifecycle
+from argus_embedder import lifecycle
 
 log = logging.getLogger(__name__)
 

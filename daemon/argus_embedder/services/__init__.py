@@ -1,1 +1,1 @@
-"""Background work beside the loop: the lifecycle helper and the periodic tasks."""
+"""Background work beside the loop: the periodic tasks (on `lifecycle.Service`)."""

@@ -19,9 +19,7 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import db, errors
-from argus_embedder.runtime import metrics
-from argus_embedder.services import lifecycle
+from argus_embedder import db, errors, lifecycle, metrics
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,8 @@ from typing import Any
 
 import psycopg
 
-from argus_embedder import db
+from argus_embedder import db, metrics
 from argus_embedder.gateways import passes, queue
-from argus_embedder.runtime import metrics
 from argus_embedder.services import periodic
 from argus_embedder.settings import Settings
 

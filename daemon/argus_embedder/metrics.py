@@ -1,5 +1,10 @@
 """Every Prometheus metric the daemon exports, declared once, on one registry.
 
+A leaf of the core: the pipeline and the services count into it and it imports
+nothing of ours, so no arrow runs from the loop up into the runtime, which only
+exposes REGISTRY over HTTP (runtime/health.py). `serve` declares its own series
+(commands/serve_metrics.py), none of them here.
+
 Names carry the `argus_embedder_` prefix and base units (seconds, bytes).
 Labels take only values from the small fixed sets below: never a job id, a
 video id, a URI or anything secret, so a scrape stays the same size however
@@ -24,10 +29,6 @@ FRAME_OUTCOMES = ("embedded", "failed")
 STAGES = ("download", "decode", "infer", "write")
 QUEUE_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 CUDA_MEMORY_KINDS = ("allocated", "reserved", "total")
-# `serve`: the endpoint label is a class of path, never the path (ids and queries vary
-# without bound); the codes are the only ones the handler sends.
-SEARCH_ENDPOINTS = ("search", "frames", "other")
-SEARCH_CODES = ("200", "400", "404", "405", "500", "503")
 
 # Per-batch stage times: ~1 ms (a GPU forward of a small batch, a COPY of a few
 # rows) up to a minute (a CPU forward of a large batch, a slow S3 download).
@@ -165,24 +166,6 @@ S3_RETRIES = Counter(
     "S3 requests retried after a transient error (5xx, timeout, connection reset).",
     registry=REGISTRY,
 )
-SEARCH_REQUESTS = Counter(
-    "argus_embedder_search_requests_total",
-    "HTTP requests `serve` answered, by endpoint (search, frames, other) and status code.",
-    ["endpoint", "code"],
-    registry=REGISTRY,
-)
-SEARCH_SECONDS = Histogram(
-    "argus_embedder_search_seconds",
-    "Seconds one successful /search took: validation, text encoding and database.",
-    buckets=STAGE_BUCKETS,
-    registry=REGISTRY,
-)
-SEARCH_ENCODE_SECONDS = Histogram(
-    "argus_embedder_search_encode_seconds",
-    "Seconds one /search spent encoding its text (the rest of search_seconds is database).",
-    buckets=STAGE_BUCKETS,
-    registry=REGISTRY,
-)
 
 for _outcome in JOB_OUTCOMES:
     JOBS_COMPLETED.labels(_outcome)
@@ -194,9 +177,6 @@ for _state in QUEUE_STATES:
     QUEUE_JOBS.labels(_state)
 for _kind in CUDA_MEMORY_KINDS:
     CUDA_MEMORY.labels(_kind)
-for _endpoint in SEARCH_ENDPOINTS:
-    for _code in SEARCH_CODES:
-        SEARCH_REQUESTS.labels(_endpoint, _code)
 
 
 def set_build_info(version: str, model: str, device: str) -> None:
@@ -233,11 +213,3 @@ def value(name: str, **labels: str) -> float:
     """The current value of one sample of REGISTRY; 0.0 when it does not exist."""
     sample = REGISTRY.get_sample_value(name, labels)
     return 0.0 if sample is None else sample
-
-
-def render() -> bytes:
-    """REGISTRY in the Prometheus text exposition format."""
-    return prometheus_client.generate_latest(REGISTRY)
-
-
-CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
