@@ -504,7 +504,7 @@ def test_regression_issue27_suspicion_a_a_project_thin_in_a_large_unit_gets_its_
         ]
         assert set(frame_ids) <= set(exact)  # the unit's 8 are the nearest
         started = time.perf_counter()
-        hits = search.search(conn, MODEL, query, limit=10, project_id=project)
+        hits = nearest.frames(conn, MODEL, query, limit=10, project_id=project)
         took = (time.perf_counter() - started) * 1000
         found_ids = {hit.frame_id for hit in hits}
         print(
