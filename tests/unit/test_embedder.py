@@ -28,7 +28,7 @@ import transformers
 from PIL import Image, ImageOps
 from transformers.image_transforms import convert_to_rgb
 
-from argus_embedder import errors
+from argus_embedder import errors, metrics
 from argus_embedder.pipeline import embedder, images
 
 MIN_COSINE = 0.9999
@@ -251,9 +251,11 @@ def test_out_of_memory_halves_the_chunk_and_keeps_every_frame(
         return real_forward(**inputs)
 
     monkeypatch.setattr(model, "_vision", flaky_forward)
+    counted = metrics.value("argus_embedder_cuda_oom_total")
     vectors = model.embed(prepared)
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
     assert model.oom_count == 2
+    assert metrics.value("argus_embedder_cuda_oom_total") == counted + 2  # on /metrics too
     assert model.batch_size == 2
     assert chunk_sizes[:3] == [8, 4, 2]
 
@@ -342,3 +344,22 @@ def _env_with_daemon_path() -> dict[str, str]:
     daemon = str(Path(images.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [daemon, env.get("PYTHONPATH")]))
     return env
+
+
+def test_cuda_memory_is_published_from_the_allocators_counters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No GPU here: the allocator's counters are stood in for; the gauge shows them."""
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 4 * 2**30)
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda device: dataclasses.make_dataclass("Props", ["total_memory"])(80 * 2**30),
+    )
+    embedder.publish_cuda_memory(torch.device("cuda:0"))
+    shown = {
+        kind: metrics.value("argus_embedder_cuda_memory_bytes", kind=kind)
+        for kind in ("allocated", "reserved", "total")
+    }
+    assert shown == {"allocated": 3 * 2**30, "reserved": 4 * 2**30, "total": 80 * 2**30}

@@ -24,7 +24,7 @@ import torch
 import transformers
 from PIL import Image
 
-from argus_embedder import errors, hub
+from argus_embedder import errors, hub, metrics
 from argus_embedder.pipeline import decoding
 from argus_embedder.pipeline.recipe import EncodedImage, Family, PreparedImage, Recipe
 
@@ -112,6 +112,8 @@ class Embedder:
                 self._shrink_after_oom(len(chunk))
                 continue
             start += len(chunk)
+        if self._torch_device.type == "cuda":
+            publish_cuda_memory(self._torch_device)
         if not vectors:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.concatenate(vectors)
@@ -135,6 +137,7 @@ class Embedder:
 
     def _shrink_after_oom(self, chunk_size: int) -> None:
         self.oom_count += 1
+        metrics.CUDA_OOM.inc()
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()
         if chunk_size <= 1:
@@ -564,3 +567,14 @@ def quiet_transformers() -> Iterator[None]:
             utils_logging.set_verbosity(verbosity)
             if bars:
                 utils_logging.enable_progress_bar()
+
+
+def publish_cuda_memory(device: torch.device) -> None:
+    """The device's memory on /metrics (`cuda_memory_bytes{kind}`): what torch holds
+    allocated and reserved, and the device's total; read after each batch (host-side
+    counters of the caching allocator, no device sync)."""
+    metrics.set_cuda_memory(
+        allocated=torch.cuda.memory_allocated(device),
+        reserved=torch.cuda.memory_reserved(device),
+        total=torch.cuda.get_device_properties(device).total_memory,
+    )
