@@ -259,13 +259,15 @@ def _server_notice(diagnostic: psycopg.errors.Diagnostic) -> None:
     )
 
 
-def configure(connection: psycopg.Connection[Any]) -> None:
-    """Per-connection setup: the server notices we act on, the pgvector types (binary),
-    then commit the lookup."""
+def configure(connection: psycopg.Connection[Any], *, vector: bool = True) -> None:
+    """Per-connection setup: the server notices we act on and, with `vector`, the
+    pgvector types (binary), then commit the lookup (a ProgrammingError where the
+    extension is missing: an unmigrated database)."""
     connection.add_notice_handler(_server_notice)
-    register_vector(connection)
-    if not connection.autocommit:
-        connection.commit()
+    if vector:
+        register_vector(connection)
+        if not connection.autocommit:
+            connection.commit()
 
 
 def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psycopg.Connection[Any]:
@@ -278,14 +280,11 @@ def connect(url: str, *, autocommit: bool = False, vector: bool = True) -> psyco
         raise errors.ArgusError(
             f"cannot connect to PostgreSQL at {redact_url(url)}: {errors.first_line(error)}"
         ) from error
-    if vector:
-        try:
-            configure(connection)
-        except psycopg.ProgrammingError as error:
-            connection.close()
-            raise _not_migrated() from error
-    else:
-        connection.add_notice_handler(_server_notice)
+    try:
+        configure(connection, vector=vector)
+    except psycopg.ProgrammingError as error:
+        connection.close()
+        raise _not_migrated() from error
     return connection
 
 
