@@ -15,9 +15,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from argus_embedder import cli, db, metrics, settings
+from argus_embedder import cli, metrics, settings
 from argus_embedder.commands import status
-from argus_embedder.gateways import index, queue, store
+from argus_embedder.gateways import counting, index, queue, store
 from argus_embedder.pipeline import embedder, worker
 from argus_embedder.services import queue_gauges, registry
 from tests import support
@@ -123,9 +123,9 @@ def test_a_huge_queue_is_counted_on_a_sample(
 ) -> None:
     for n in range(5):
         support.add_video(conn, f"backlog-{n}", ["x", "y", "z"])
-    assert queue.frames_waiting(conn, "test/model", queued=5) == db.Count(15)
+    assert queue.frames_waiting(conn, "test/model", queued=5) == counting.Count(15)
     # 2 of 5 videos counted, scaled up
-    assert queue.frames_waiting(conn, "test/model", queued=5, sample=2) == db.Count(15, True)
+    assert queue.frames_waiting(conn, "test/model", queued=5, sample=2) == counting.Count(15, True)
     monkeypatch.setattr(queue, "WAITING_SAMPLE", 2)
     assert status.render(status.collect(conn)).count("~15 frame(s) waiting") == 1
 
@@ -278,8 +278,8 @@ def test_past_the_exact_limits_status_shows_estimates_and_says_so(
     assert (covered["frames"], covered["with_row"], covered["failed"]) == (32, 20, 2)
     assert not covered["estimated"] and not covered["failed_estimated"]
 
-    monkeypatch.setattr(db, "EXACT_ROWS", 0)
-    monkeypatch.setattr(db, "COUNT_CAP", 2)
+    monkeypatch.setattr(counting, "EXACT_ROWS", 0)
+    monkeypatch.setattr(counting, "COUNT_CAP", 2)
     report = status.collect(conn, model=model)
     assert report["jobs_estimated"] == {
         "queued": True,  # 4 > the cap of 2

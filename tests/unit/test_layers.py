@@ -147,7 +147,7 @@ def test_gateways_never_load_torch_and_decoding_never_loads_the_database_driver(
         "import argus_embedder.gateways.queue, argus_embedder.gateways.store, "
         "argus_embedder.gateways.index, argus_embedder.gateways.frames, "
         "argus_embedder.gateways.passes, argus_embedder.gateways.workers, "
-        "argus_embedder.gateways.projects"
+        "argus_embedder.gateways.projects, argus_embedder.gateways.counting"
     )
     assert "torch" not in gateways
     decoding = _loaded_after(

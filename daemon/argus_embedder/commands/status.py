@@ -3,7 +3,7 @@ coverage look like now, read through the gateways.
 
 Cheap at any size (DESIGN §2): nothing on its path counts a whole large table.
 Queued and running jobs and failed frames are counted exactly from their partial
-indexes up to db.COUNT_CAP; a table the planner puts at or below db.EXACT_ROWS rows
+indexes up to counting.COUNT_CAP; a table the planner puts at or below counting.EXACT_ROWS rows
 is counted; anything larger shows the planner's estimate (its statistics, no scan),
 marked `~` in the text and `"estimated": true` (or an `..._estimated` member) in the
 JSON. An estimate is never shown as exact.

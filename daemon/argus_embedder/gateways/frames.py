@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from argus_embedder import db, errors
+from argus_embedder.gateways import counting
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -61,13 +62,13 @@ def project_exists(connection: psycopg.Connection[Any], project_id: str) -> bool
     return row is not None and bool(row["found"])
 
 
-def count(connection: psycopg.Connection[Any], *, exact_rows: int | None = None) -> db.Count:
+def count(connection: psycopg.Connection[Any], *, exact_rows: int | None = None) -> counting.Count:
     """All frames: counted where the planner puts them at or below `exact_rows`, else the
     planner's estimate (no scan of a table that only grows)."""
-    exact_rows = db.EXACT_ROWS if exact_rows is None else exact_rows
-    estimate = db.planned_rows(connection, "frames_rows_estimate")
+    exact_rows = counting.EXACT_ROWS if exact_rows is None else exact_rows
+    estimate = counting.planned_rows(connection, "frames_rows_estimate")
     if estimate > exact_rows:
-        return db.Count(estimate, estimated=True)
+        return counting.Count(estimate, estimated=True)
     row = connection.execute(db.queries()["frames_count"]).fetchone()
     assert row is not None
-    return db.Count(int(row["frames"]))
+    return counting.Count(int(row["frames"]))

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import psycopg
 
 from argus_embedder import db, errors
+from argus_embedder.gateways import counting
 
 log = logging.getLogger(__name__)
 
@@ -397,21 +398,21 @@ def stats(
     grow with the table: a table the planner puts at or below `exact_rows` is counted;
     a larger one has its queued and running jobs counted from their partial indexes up
     to `cap` and its finished jobs (which pile up forever) estimated by the planner."""
-    cap = db.COUNT_CAP if cap is None else cap
-    exact_rows = db.EXACT_ROWS if exact_rows is None else exact_rows
+    cap = counting.COUNT_CAP if cap is None else cap
+    exact_rows = counting.EXACT_ROWS if exact_rows is None else exact_rows
     q = db.queries()
     counts = {state: 0 for state in STATES}
     estimated: set[str] = set()
-    if db.planned_rows(connection, "jobs_rows_estimate") <= exact_rows:
+    if counting.planned_rows(connection, "jobs_rows_estimate") <= exact_rows:
         for row in connection.execute(q["queue_counts"]):
             counts[row["state"]] = int(row["jobs"])
     else:
         active = connection.execute(q["queue_active_counts"], {"cap": cap}).fetchone()
         assert active is not None
         for state in ("queued", "running"):
-            count = db.capped(
+            count = counting.capped(
                 int(active[state]),
-                db.planned_rows(connection, "jobs_state_estimate", state=state)
+                counting.planned_rows(connection, "jobs_state_estimate", state=state)
                 if active[state] > cap
                 else 0,
                 cap,
@@ -420,7 +421,7 @@ def stats(
             if count.estimated:
                 estimated.add(state)
         for state in FINISHED_STATES:
-            counts[state] = db.planned_rows(connection, "jobs_state_estimate", state=state)
+            counts[state] = counting.planned_rows(connection, "jobs_state_estimate", state=state)
             estimated.add(state)
     oldest = connection.execute(q["oldest_queued"]).fetchone()
     age = None if oldest is None else oldest["age_seconds"]
@@ -434,28 +435,28 @@ def frames_waiting(
     queued: int,
     sample: int | None = None,
     cap: int | None = None,
-) -> db.Count:
+) -> counting.Count:
     """Frames still to embed for every (video, model) with a queued or running job.
 
     `queued` is the queue's count (`stats`, maybe an estimate): with more than `cap`
     queued jobs only `cap` are listed, and the pairs beyond them are taken from it.
     Counted exactly on at most `sample` (default WAITING_SAMPLE) random pairs, scaled up when
     there are more: then it is an estimate."""
-    cap = db.COUNT_CAP if cap is None else cap
+    cap = counting.COUNT_CAP if cap is None else cap
     if sample is None:
         sample = WAITING_SAMPLE
     row = connection.execute(
         db.queries()["frames_waiting"], {"model": model, "sample": sample, "cap": cap}
     ).fetchone()
     if row is None or not row["sampled"]:
-        return db.Count(0)
+        return counting.Count(0)
     listed, pairs = int(row["queued_listed"]), int(row["pairs"])
     sampled, frames = int(row["sampled"]), int(row["frames"])
     if listed >= cap:
         pairs += max(queued - listed, 0)
     if sampled >= pairs:
-        return db.Count(frames)
-    return db.Count(round(frames * pairs / sampled), estimated=True)
+        return counting.Count(frames)
+    return counting.Count(round(frames * pairs / sampled), estimated=True)
 
 
 def running_progress(connection: psycopg.Connection[Any]) -> list[RunningJob]:

@@ -12,7 +12,7 @@ import numpy.typing as npt
 import psycopg
 
 from argus_embedder import db
-from argus_embedder.gateways import queue
+from argus_embedder.gateways import counting, queue
 from argus_embedder.gateways.queue import Job
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,8 @@ def _without_existing(
 class ModelRows:
     """A model's rows (a vector or an error) and, of those, its error rows."""
 
-    with_row: db.Count
-    failed: db.Count
+    with_row: counting.Count
+    failed: counting.Count
 
 
 def model_rows(
@@ -170,25 +170,25 @@ def model_rows(
 ) -> ModelRows:
     """`model`'s rows: counted where the planner puts them at or below `exact_rows`, else
     its estimate; error rows counted from their partial index up to `cap`, else estimated."""
-    cap = db.COUNT_CAP if cap is None else cap
-    exact_rows = db.EXACT_ROWS if exact_rows is None else exact_rows
+    cap = counting.COUNT_CAP if cap is None else cap
+    exact_rows = counting.EXACT_ROWS if exact_rows is None else exact_rows
     q = db.queries()
-    estimate = db.planned_rows(connection, "model_rows_estimate", model=model)
+    estimate = counting.planned_rows(connection, "model_rows_estimate", model=model)
     if estimate > exact_rows:
-        with_row = db.Count(estimate, estimated=True)
+        with_row = counting.Count(estimate, estimated=True)
     else:
         row = connection.execute(q["model_rows"], {"model": model}).fetchone()
         assert row is not None
-        with_row = db.Count(int(row["with_row"]))
+        with_row = counting.Count(int(row["with_row"]))
     row = connection.execute(q["model_failed_rows"], {"model": model, "cap": cap}).fetchone()
     assert row is not None
     failed = int(row["failed"])
     over = failed > cap
     return ModelRows(
         with_row=with_row,
-        failed=db.capped(
+        failed=counting.capped(
             failed,
-            db.planned_rows(connection, "model_failed_estimate", model=model) if over else 0,
+            counting.planned_rows(connection, "model_failed_estimate", model=model) if over else 0,
             cap,
         ),
     )
