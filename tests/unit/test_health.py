@@ -303,3 +303,26 @@ def test_a_dead_background_service_fails_liveness() -> None:
         False,
         "background service dead: lease-keeper failed 5 times in a row: boom",
     )
+
+
+def test_a_silent_connection_is_closed_and_others_still_answer_regression(
+    state: health.HealthState,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A client that connects and sends nothing (or half a request) held one of the
+    metrics server's threads forever: no socket timeout. Now it is closed after the
+    server's IDLE_SECONDS (made 0.5 s here), and scrapes beside it still answer."""
+    monkeypatch.setattr(health, "IDLE_SECONDS", 0.5, raising=False)
+    with health.serve(_free_port(), state, host="127.0.0.1") as bound:
+        assert bound is not None
+        silent = socket.create_connection(("127.0.0.1", bound), timeout=5)
+        half = socket.create_connection(("127.0.0.1", bound), timeout=5)
+        half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert _get(bound, "/livez")[0] in (200, 503)
+        started = time.monotonic()
+        for sock in (silent, half):
+            with sock:
+                assert sock.recv(1024) == b""  # closed by the server, within the timeout
+        assert time.monotonic() - started < 4
+    assert capfd.readouterr().err == ""  # a timeout is no traceback on stderr

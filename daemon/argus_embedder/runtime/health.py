@@ -182,12 +182,24 @@ def _describe(exc: BaseException) -> str:
     return settings.redact_url(text[:_REASON_LIMIT]) or ""
 
 
+# A connection that sends no whole request (or reads no answer) for this long is
+# closed: without it a silent client held one of the server's threads for good.
+# Scrapers send their request at once; Prometheus' own scrape timeout is 10 s.
+IDLE_SECONDS = 10.0
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     """GET/HEAD /metrics, /livez, /readyz; 404 for anything else."""
 
     server: _Server
     server_version = "argus-embedder"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # Every read and write of the connection; a stalled one raises TimeoutError,
+        # which http.server answers by closing the connection.
+        self.connection.settimeout(IDLE_SECONDS)
 
     def do_GET(self) -> None:
         self._respond(include_body=True)
